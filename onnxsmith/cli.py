@@ -1,0 +1,136 @@
+"""The `onnxsmith` command. Service code is imported inside the commands that need it."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="onnxsmith: diagnose and compress ONNX models.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    from service.settings import get_settings
+
+    return get_settings()
+
+
+def _session():
+    from service.db import make_engine, make_session_factory, session_scope
+
+    engine = make_engine(_settings().resolved_database_url)
+    return session_scope(make_session_factory(engine))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8000, help="Port to listen on"),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+) -> None:
+    """Start the API. With no configuration: SQLite and a local store under ./onnxsmith-data."""
+    import logging
+
+    import uvicorn
+
+    from service import migrations
+    from service.tenants import service as tenants
+
+    settings = _settings()
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.uses_embedded_database:
+        migrations.upgrade(settings.resolved_database_url)
+        for db in _session():
+            if not tenants.has_any_key(db=db):
+                new = tenants.create_key(db=db, tenant_name="default", key_name="created by serve")
+                err.print("API key for tenant 'default' (shown once, keep it):")
+                print(new.key, flush=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("onnxsmith").addHandler(handler)
+    logging.getLogger("onnxsmith").setLevel(logging.INFO)
+    console.print(f"onnxsmith on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Migrate the database (ONNXSMITH_DATABASE_URL) to the given revision."""
+    from service import migrations
+
+    settings = _settings()
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.resolved_database_url, revision)
+    console.print(f"database at {migrations.head_revision() if revision == 'head' else revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's migration revision and the code's head."""
+    from service import migrations
+    from service.db import make_engine
+
+    engine = make_engine(_settings().resolved_database_url)
+    console.print(f"database: {migrations.current_revision(engine) or 'none'}  code: {migrations.head_revision()}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str = typer.Option(..., help="Tenant name (created if new)"),
+    name: str | None = typer.Option(None, help="A label for the key"),
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    from service.tenants import service as tenants
+
+    try:
+        for db in _session():
+            new = tenants.create_key(db=db, tenant_name=tenant, key_name=name)
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    err.print(f"key {new.key_id} for tenant {tenant!r}; shown once:")
+    print(new.key)
+
+
+@keys_app.command("list")
+def keys_list(tenant: str | None = typer.Option(None, help="Only this tenant's keys")) -> None:
+    """List keys (never the keys themselves: their id and first characters)."""
+    from service.tenants import service as tenants
+
+    rows = [("ID", "TENANT", "PREFIX", "CREATED", "REVOKED", "NAME")]
+    for db in _session():
+        for key, ten in tenants.list_keys(db=db, tenant_name=tenant):
+            revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+            created = key.created_at.isoformat(timespec="seconds")
+            rows.append((key.id, ten.name, key.prefix + "...", created, revoked, key.name or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (see `keys list`)")) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from service.tenants import service as tenants
+
+    for db in _session():
+        done = tenants.revoke_key(db=db, key_id=key_id)
+    if not done:
+        err.print(f"error: no active key {key_id!r}")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+def main() -> None:
+    app(prog_name="onnxsmith")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The FastAPI application: create_app(settings) builds everything it needs from Settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import migrations
+from service.db import make_engine, make_session_factory
+from service.errors import install_handlers
+from service.health import router as health_router
+from service.model_files.router import router as models_router
+from service.settings import Settings, get_settings
+from service.storage import open_store
+
+log = logging.getLogger("onnxsmith.api")
+
+DESCRIPTION = """
+onnxsmith takes a trained ONNX model and datasets, tells you whether the model over- or under-fits and
+what to do about it, and makes it smaller and faster while measuring what that costs.
+
+Authenticate with **Authorize** and an API key (`onnxsmith keys create --tenant NAME`).
+Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+class DatabaseNotAtHead(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        current, head = migrations.current_revision(engine), migrations.head_revision()
+        if current != head:
+            engine.dispose()
+            raise DatabaseNotAtHead(
+                f"the database is at migration {current or 'none'}, the code needs {head}: "
+                "run `onnxsmith db upgrade` first"
+            )
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        app.state.store = open_store(settings)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="onnxsmith",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    install_handlers(app)
+    app.include_router(health_router)
+    app.include_router(models_router)
+    return app

@@ -1,0 +1,129 @@
+"""Errors leave as application/problem+json (RFC 9457), with a stable `type` per kind of problem."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("onnxsmith.api")
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://onnxsmith.dev/problems/"
+
+
+class AppError(Exception):
+    """An expected failure of a request: becomes a problem+json response with this status and type."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.type, self.detail = status, type_, detail
+        self.title = title or type_.replace("-", " ").capitalize()
+        self.errors, self.headers, self.extra = errors, headers, extra or {}
+
+
+def not_found(what: str, id_: str) -> AppError:
+    return AppError(404, "not-found", f"{what} {id_!r} does not exist", title="Not found")
+
+
+def problem(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": TYPE_BASE + type_, "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        out.append(
+            {
+                "location": loc[0] if loc else "",
+                "field": ".".join(loc[1:]),
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+        )
+    return out
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return problem(
+            exc.status,
+            exc.type,
+            exc.title,
+            exc.detail,
+            instance=request.url.path,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        detail = "; ".join(f"{e['location']} {e['field']}: {e['message']}".replace("  ", " ") for e in errors)
+        return problem(
+            422,
+            "validation-error",
+            "Invalid request",
+            detail or "invalid request",
+            instance=request.url.path,
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized"}.get(exc.status_code, "http-error")
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        return problem(
+            exc.status_code,
+            slug,
+            slug.replace("-", " ").capitalize(),
+            detail,
+            instance=request.url.path,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(
+            500,
+            "internal-error",
+            "Internal server error",
+            "the server failed to handle this request; the error was logged",
+            instance=request.url.path,
+        )

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from service.model_files import service
+from service.model_files.schemas import ModelOut
+from service.pagination import CursorQuery, LimitQuery, Page
+from service.uploads import multipart_openapi, receive_upload
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    summary="Upload an ONNX model",
+    description="Streams the file to a temp file while hashing it, checks it in a child process with memory "
+    "and time limits (onnx.checker, ONNX Runtime session, no external data), then stores it. "
+    "201 for a new model; 200 with the existing model when this tenant uploaded the same bytes before.",
+    responses={
+        200: {"model": ModelOut, "description": "Same bytes uploaded before: the existing model"},
+        413: {"description": "Upload over the size limit"},
+        422: {"description": "Not a valid model"},
+    },
+    openapi_extra=multipart_openapi({"name": "Display name (default: the file name without .onnx)"}),
+)
+async def upload_model(
+    request: Request, tenant: TenantDep, db: SessionDep, store: StoreDep, settings: SettingsDep
+) -> JSONResponse:
+    upload = await receive_upload(
+        request, limit=settings.max_model_bytes, tmp_dir=settings.tmp_dir, allowed_fields={"name"}
+    )
+    try:
+        row, created = await run_in_threadpool(
+            lambda: service.create_from_upload(
+                db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
+            )
+        )
+    finally:
+        upload.discard()
+    body = ModelOut.model_validate(row).model_dump(mode="json")
+    code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return JSONResponse(body, status_code=code, headers={"Location": f"/v1/models/{row.id}"})
+
+
+@router.get("", response_model=Page[ModelOut], summary="List models, newest first")
+def list_models(
+    tenant: TenantDep, db: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Page[ModelOut]:
+    rows, next_cursor = service.list_page(db=db, tenant_id=tenant.id, limit=limit, cursor=cursor)
+    return Page[ModelOut](items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{model_id}", response_model=ModelOut, summary="Get a model and its inspection")
+def get_model(model_id: str, tenant: TenantDep, db: SessionDep) -> ModelOut:
+    return ModelOut.model_validate(service.get(db=db, tenant_id=tenant.id, model_id=model_id))
+
+
+@router.get(
+    "/{model_id}/content",
+    summary="Download the model file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
+    row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    safe = "".join(c for c in row.name if c.isalnum() or c in "-_.")[:100] or "model"
+    return StreamingResponse(
+        service.open_content(store=store, row=row),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(row.size_bytes),
+            "Content-Disposition": f'attachment; filename="{safe}.onnx"',
+            "ETag": f'"{row.sha256}"',
+        },
+    )
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model")
+def delete_model(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> Response:
+    service.delete(db=db, store=store, tenant_id=tenant.id, model_id=model_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,125 @@
+"""Model files: upload (check in a sandbox, store, register), list, read, delete."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterator
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from engine.errors import EngineError
+from engine.inspect import ModelInfo
+from engine.sandbox import Limits, run_isolated
+from service.db import new_id
+from service.errors import AppError, not_found
+from service.model_files import repository as repo
+from service.model_files.tables import ModelFile
+from service.settings import Settings
+from service.storage import ObjectStore
+from service.storage import service as blobs
+from service.uploads import Upload
+
+log = logging.getLogger("onnxsmith.models")
+
+# Engine error code -> (problem type, title). Everything here is the file's fault: 422.
+_CHECK_PROBLEMS = {
+    "invalid_model": ("invalid-model", "Invalid ONNX model"),
+    "external_data": ("external-data-not-supported", "External data not supported"),
+    "timeout": ("model-check-timeout", "Model check took too long"),
+    "memory_limit": ("model-check-memory-limit", "Model check needed too much memory"),
+    "crashed": ("model-check-crashed", "Model check crashed"),
+}
+
+
+def _clean_name(name: str | None, filename: str | None) -> str:
+    if name is not None:
+        name = name.strip()
+        if not name or len(name) > 200 or any(unicodedata.category(c) == "Cc" for c in name):
+            raise AppError(
+                422,
+                "validation-error",
+                "name must be 1-200 characters without control characters",
+                title="Invalid request",
+                errors=[{"location": "body", "field": "name", "message": "invalid name", "type": "invalid"}],
+            )
+        return name
+    if filename:
+        return filename.removesuffix(".onnx")[:200] or "model"
+    return "model"
+
+
+def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
+    """Check and inspect the uploaded file in a child process with memory and time limits."""
+    limits = Limits(memory_mb=settings.sandbox_memory_mb, timeout_s=settings.sandbox_timeout_s)
+    try:
+        result = run_isolated("engine.inspect:check_and_inspect", {"path": str(upload.path)}, limits)
+    except EngineError as exc:
+        if exc.code not in _CHECK_PROBLEMS:
+            raise RuntimeError(f"model check failed unexpectedly: {exc.detail}") from exc
+        type_, title = _CHECK_PROBLEMS[exc.code]
+        raise AppError(422, type_, exc.detail, title=title, extra={"code": exc.code}) from None
+    log.info(
+        "checked upload %s: %d bytes in %.2f s, child peak RSS %d MB",
+        upload.sha256[:12],
+        upload.size,
+        result.seconds,
+        result.peak_rss_kb // 1024,
+    )
+    return ModelInfo.model_validate(result.value)
+
+
+def create_from_upload(
+    *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload
+) -> tuple[ModelFile, bool]:
+    """Returns (model, created). The same bytes from the same tenant return the existing model."""
+    name = _clean_name(upload.fields.get("name"), upload.filename)
+    existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
+    if existing is not None:
+        return existing, False
+    info = inspect_upload(settings=settings, upload=upload)
+    key = blobs.store_file(db=db, store=store, path=upload.path, sha256=upload.sha256, size=upload.size)
+    row = ModelFile(
+        id=new_id("mdl"),
+        tenant_id=tenant_id,
+        name=name,
+        filename=upload.filename,
+        sha256=upload.sha256,
+        size_bytes=upload.size,
+        blob_key=key,
+        info=info.model_dump(mode="json"),
+    )
+    try:
+        with db.begin_nested():
+            repo.add(db, row)
+    except IntegrityError:  # the same bytes were registered concurrently: return that one
+        existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
+
+
+def get(*, db: Session, tenant_id: str, model_id: str) -> ModelFile:
+    row = repo.get(db, tenant_id=tenant_id, model_id=model_id)
+    if row is None:
+        raise not_found("model", model_id)
+    return row
+
+
+def list_page(*, db: Session, tenant_id: str, limit: int, cursor: str | None) -> tuple[list[ModelFile], str | None]:
+    rows = repo.list_page(db, tenant_id=tenant_id, limit=limit + 1, cursor=cursor)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1].id
+    return rows, None
+
+
+def open_content(*, store: ObjectStore, row: ModelFile) -> Iterator[bytes]:
+    return store.iter_chunks(row.blob_key, sha256=row.sha256, size=row.size_bytes)
+
+
+def delete(*, db: Session, store: ObjectStore, tenant_id: str, model_id: str) -> None:
+    row = get(db=db, tenant_id=tenant_id, model_id=model_id)
+    repo.delete(db, row)
+    blobs.release(db=db, store=store, key=row.blob_key)

@@ -1,0 +1,68 @@
+"""One Settings object for the whole service, read from ONNXSMITH_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1 << 30
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONNXSMITH_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("onnxsmith-data"),
+        description="Folder for the embedded defaults: SQLite file, local object store, temp uploads.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Default: SQLite in data_dir.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="file:///abs/path or s3://bucket/prefix. Default: file store in data_dir/store.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, R2...).")
+    s3_region: str | None = Field(default=None, description="S3 region name.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+
+    max_model_bytes: int = Field(default=2 * GIB, description="Largest accepted model upload (bytes).")
+    sandbox_memory_mb: int = Field(
+        default=4096, description="Address-space limit of the child process that checks a model."
+    )
+    sandbox_timeout_s: float = Field(default=120.0, description="Wall-time limit of the checking child.")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'onnxsmith.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.resolved_data_dir / "store").as_uri()
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads are spooled while they are hashed and checked (never the object store)."""
+        return self.resolved_data_dir / "tmp"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

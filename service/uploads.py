@@ -1,0 +1,205 @@
+"""Streaming multipart uploads: the file part goes straight to a temp file while it is hashed and counted.
+
+Starlette's form parser would spool the whole body before the handler runs; this reads the request
+stream itself so that a body over the limit is refused (413) as soon as the limit is crossed, and a
+declared Content-Length over the limit is refused before a byte of the body is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from service.errors import AppError
+
+MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
+MAX_FIELD_BYTES = 4096
+
+
+def multipart_openapi(fields: dict[str, str]) -> dict:
+    """OpenAPI for a multipart body, so Swagger UI shows a file picker (the body is parsed by hand)."""
+    props: dict = {"file": {"type": "string", "format": "binary", "description": "The file to upload"}}
+    for name, description in fields.items():
+        props[name] = {"type": "string", "description": description}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": props}}
+            },
+        }
+    }
+
+
+@dataclass
+class Upload:
+    path: Path
+    sha256: str
+    size: int
+    filename: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _too_large(limit: int) -> AppError:
+    return AppError(
+        413,
+        "upload-too-large",
+        f"the upload is larger than the limit of {limit} bytes",
+        title="Upload too large",
+        extra={"limit_bytes": limit},
+    )
+
+
+def _bad(detail: str, field_name: str = "file") -> AppError:
+    return AppError(
+        422,
+        "invalid-upload",
+        detail,
+        title="Invalid upload",
+        errors=[{"location": "body", "field": field_name, "message": detail, "type": "invalid"}],
+    )
+
+
+def check_filename(raw: str) -> str:
+    """A client's filename is shown back, never used as a path; refuse names that try to be paths.
+
+    Clients may percent-encode it (RFC 7578 4.2; httpx sends NUL as %00), so it is checked decoded.
+    """
+    raw = unquote(raw)
+    if "\x00" in raw or any(unicodedata.category(c) == "Cc" for c in raw):
+        raise _bad("the filename contains NUL or control characters")
+    if "/" in raw or "\\" in raw or raw.strip() in (".", ".."):
+        raise _bad("the filename must be a plain file name, without folders or '..'")
+    if len(raw) > 255:
+        raise _bad("the filename is longer than 255 characters")
+    return raw
+
+
+class _Receiver:
+    """Collects the parts while python-multipart parses the stream."""
+
+    def __init__(self, out, limit: int, allowed_fields: set[str]) -> None:
+        self.out, self.limit, self.allowed = out, limit, allowed_fields
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.filename: str | None = None
+        self.fields: dict[str, str] = {}
+        self.file_seen = False
+        self.finished = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._part: str | None = None  # "file", a field name, or None
+        self._field_buf = bytearray()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda d, s, e: setattr(self, "_header_field", self._header_field + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_header_value", self._header_value + d[s:e]),
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": lambda: setattr(self, "finished", True),
+        }
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._field_buf = bytearray()
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name == "file":
+            if self.file_seen:
+                raise _bad("only one 'file' part is accepted")
+            self.file_seen = True
+            raw = options.get(b"filename")
+            if raw is not None:
+                self.filename = check_filename(raw.decode("utf-8", "replace"))
+            self._part = "file"
+        elif name in self.allowed:
+            self._part = name
+        else:
+            raise _bad(f"unknown form field {name!r}; accepted: file, {', '.join(sorted(self.allowed))}", name)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._part == "file":
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise _too_large(self.limit)
+            self.hash.update(chunk)
+            self.out.write(chunk)
+        else:
+            self._field_buf += chunk
+            if len(self._field_buf) > MAX_FIELD_BYTES:
+                raise _bad(f"form field {self._part!r} is longer than {MAX_FIELD_BYTES} bytes", self._part or "")
+
+    def on_part_end(self) -> None:
+        if self._part and self._part != "file":
+            try:
+                self.fields[self._part] = self._field_buf.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad(f"form field {self._part!r} is not UTF-8", self._part) from None
+        self._part = None
+
+
+async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed_fields: set[str]) -> Upload:
+    """Read a multipart/form-data body with one `file` part into a temp file. The caller must
+    `discard()` the upload when done with it."""
+    ctype, options = parse_options_header(request.headers.get("content-type"))
+    if ctype != b"multipart/form-data" or b"boundary" not in options:
+        raise AppError(
+            415,
+            "unsupported-media-type",
+            "send the file as multipart/form-data with a 'file' part",
+            title="Unsupported media type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise _too_large(limit)
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            receiver = _Receiver(out, limit, allowed_fields)
+            parser = MultipartParser(options[b"boundary"], receiver.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        if not receiver.finished:
+            raise _bad("the multipart body ended early (incomplete upload)")
+        if not receiver.file_seen:
+            raise _bad("the multipart field 'file' is required")
+        return Upload(path, receiver.hash.hexdigest(), receiver.size, receiver.filename, receiver.fields)
+    except AppError:
+        path.unlink(missing_ok=True)
+        raise
+    except ClientDisconnect:
+        path.unlink(missing_ok=True)
+        raise AppError(400, "incomplete-upload", "the client disconnected before the upload finished") from None
+    except Exception as exc:  # the parser's own errors: malformed multipart
+        path.unlink(missing_ok=True)
+        if type(exc).__module__.startswith("python_multipart"):
+            raise _bad(f"malformed multipart body: {exc}") from None
+        raise

@@ -1,0 +1,126 @@
+"""Tiny ONNX models built with onnx.helper, good and bad, for the tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def mlp_model(n_in: int = 64, hidden: int = 32, n_out: int = 10, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((n_in, hidden)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(np.zeros(hidden, np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, n_out)).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(np.zeros(n_out, np.float32), "b2")
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], ["logits"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_out])],
+        [w1, b1, w2, b2],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="onnxsmith-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp(path: Path, **kwargs) -> Path:
+    return _save(mlp_model(**kwargs), path)
+
+
+def cnn(path: Path, batch: int | str = "N") -> Path:
+    """Conv(3->8, 3x3) -> Relu -> Reshape -> MatMul(7200->10) on 3x32x32 inputs."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.standard_normal((8 * 30 * 30, 10)).astype(np.float32), "w2")
+    shape = numpy_helper.from_array(np.array([-1, 8 * 30 * 30], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        [w, w2, shape],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    return _save(model, path)
+
+
+CNN_MACS = 8 * 30 * 30 * 3 * 3 * 3 + 8 * 30 * 30 * 10
+
+
+def big_mlp(path: Path, megabytes: int, fill: float = 1.0) -> Path:
+    """A valid model whose one initializer takes about `megabytes` MB."""
+    n = int(megabytes * (1 << 20) / 4 / 1024)
+    w = numpy_helper.from_array(np.full((1024, n), fill, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    return _save(model, path)
+
+
+def external_data(path: Path, location: str) -> Path:
+    """A model whose weight claims to live in an external file at `location`."""
+    model = mlp_model()
+    w1 = model.graph.initializer[0]
+    w1.ClearField("raw_data")
+    w1.ClearField("float_data")
+    w1.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(64 * 32 * 4))):
+        entry = w1.external_data.add()
+        entry.key, entry.value = key, value
+    return _save(model, path)
+
+
+def fails_checker(path: Path) -> Path:
+    """A well-formed protobuf whose graph uses a value nobody produces."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["nowhere"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    return _save(model, path)
+
+
+def fails_runtime(path: Path) -> Path:
+    """Passes onnx.checker (custom domain) but ONNX Runtime has no kernel for it."""
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    return _save(model, path)
