@@ -188,3 +188,36 @@ def test_unknown_route_and_method_are_problems(client, auth) -> None:
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
     r = client.put("/v1/models", headers=auth)
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM
+
+
+def test_upload_download_delete_on_the_s3_store(tmp_path, db_url, s3_endpoint, s3_bucket, key) -> None:
+    import boto3
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        storage_url=f"s3://{s3_bucket}/models",
+        s3_endpoint_url=s3_endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    path = onnx_models.cnn(tmp_path / "cnn.onnx")
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        model = upload(client, auth, path).json()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+        assert keys == [f"models/sha256/{model['sha256'][:2]}/{model['sha256']}"]
+        assert client.get(f"/v1/models/{model['id']}/content", headers=auth).content == path.read_bytes()
+        assert client.delete(f"/v1/models/{model['id']}", headers=auth).status_code == 204
+        assert s3.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
