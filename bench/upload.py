@@ -88,7 +88,7 @@ def main() -> None:
         log.seek(0)
         text = log.read()
         child = [int(m) for m in re.findall(r"child peak RSS (\d+) MB", text)][1:]
-        check_s = [float(m) for m in re.findall(r"bytes in ([\d.]+) s, child", text)][1:]
+        check_s = [float(m) for m in re.findall(r"checked model in ([\d.]+) s, child", text)][1:]
     finally:
         server.terminate()
         server.wait(10)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import migrations
+from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import install_handlers
 from service.health import router as health_router
@@ -64,4 +65,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(health_router)
     app.include_router(models_router)
+    app.include_router(datasets_router)
     return app

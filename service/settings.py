@@ -31,7 +31,22 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
 
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://127.0.0.1:6379/0. Default: a SQLite file in data_dir "
+        "(kombu's sqla transport, no server).",
+    )
     max_model_bytes: int = Field(default=2 * GIB, description="Largest accepted model upload (bytes).")
+    max_dataset_bytes: int = Field(default=2 * GIB, description="Largest accepted dataset upload (bytes).")
+    job_time_limit_s: float = Field(default=3600.0, description="Wall-time limit of one job attempt.")
+    job_memory_mb: int = Field(default=8192, description="Address-space limit of a job's child process.")
+    job_threads: int = Field(default=2, description="Most CPU threads a job's engine may use.")
+    job_max_attempts: int = Field(
+        default=3, description="Deliveries of one job before it fails with worker_lost (a model that kills workers)."
+    )
+    job_lease_s: float = Field(
+        default=30.0, description="A running job whose heartbeat is older than this is considered lost."
+    )
     sandbox_memory_mb: int = Field(
         default=4096, description="Address-space limit of the child process that checks a model."
     )
@@ -52,6 +67,17 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return (self.resolved_data_dir / "store").as_uri()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Redis redelivers an unacknowledged message after this: above the job's hard time limit."""
+        return int(self.job_time_limit_s + 2 * self.job_lease_s + 60)
 
     @property
     def uses_embedded_database(self) -> bool:

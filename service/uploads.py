@@ -203,3 +203,21 @@ async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed
         if type(exc).__module__.startswith("python_multipart"):
             raise _bad(f"malformed multipart body: {exc}") from None
         raise
+
+
+def clean_name(name: str | None, filename: str | None, *, default: str) -> str:
+    """The display name: the `name` field if given (validated), else the file name without its extension."""
+    if name is not None:
+        name = name.strip()
+        if not name or len(name) > 200 or any(unicodedata.category(c) == "Cc" for c in name):
+            raise AppError(
+                422,
+                "validation-error",
+                "name must be 1-200 characters without control characters",
+                title="Invalid request",
+                errors=[{"location": "body", "field": "name", "message": "invalid name", "type": "invalid"}],
+            )
+        return name
+    if filename:
+        return (filename.rsplit(".", 1)[0] if "." in filename else filename)[:200] or default
+    return default

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from service.content import blob_response
 from service.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from service.model_files import service
 from service.model_files.schemas import ModelOut
@@ -68,15 +69,12 @@ def get_model(model_id: str, tenant: TenantDep, db: SessionDep) -> ModelOut:
 )
 def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    safe = "".join(c for c in row.name if c.isalnum() or c in "-_.")[:100] or "model"
-    return StreamingResponse(
+    return blob_response(
         service.open_content(store=store, row=row),
+        size=row.size_bytes,
+        sha256=row.sha256,
+        filename=f"{row.name}.onnx",
         media_type="application/octet-stream",
-        headers={
-            "Content-Length": str(row.size_bytes),
-            "Content-Disposition": f'attachment; filename="{safe}.onnx"',
-            "ETag": f'"{row.sha256}"',
-        },
     )
 
 

@@ -2,79 +2,45 @@
 
 from __future__ import annotations
 
-import logging
-import unicodedata
 from collections.abc import Iterator
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.errors import EngineError
 from engine.inspect import ModelInfo
-from engine.sandbox import Limits, run_isolated
 from service.db import new_id
-from service.errors import AppError, not_found
+from service.errors import not_found
 from service.model_files import repository as repo
 from service.model_files.tables import ModelFile
+from service.sandboxing import check_in_sandbox
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage import service as blobs
-from service.uploads import Upload
+from service.uploads import Upload, clean_name
 
-log = logging.getLogger("onnxsmith.models")
-
-# Engine error code -> (problem type, title). Everything here is the file's fault: 422.
-_CHECK_PROBLEMS = {
+_PROBLEMS = {
     "invalid_model": ("invalid-model", "Invalid ONNX model"),
     "external_data": ("external-data-not-supported", "External data not supported"),
-    "timeout": ("model-check-timeout", "Model check took too long"),
-    "memory_limit": ("model-check-memory-limit", "Model check needed too much memory"),
-    "crashed": ("model-check-crashed", "Model check crashed"),
 }
-
-
-def _clean_name(name: str | None, filename: str | None) -> str:
-    if name is not None:
-        name = name.strip()
-        if not name or len(name) > 200 or any(unicodedata.category(c) == "Cc" for c in name):
-            raise AppError(
-                422,
-                "validation-error",
-                "name must be 1-200 characters without control characters",
-                title="Invalid request",
-                errors=[{"location": "body", "field": "name", "message": "invalid name", "type": "invalid"}],
-            )
-        return name
-    if filename:
-        return filename.removesuffix(".onnx")[:200] or "model"
-    return "model"
 
 
 def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
     """Check and inspect the uploaded file in a child process with memory and time limits."""
-    limits = Limits(memory_mb=settings.sandbox_memory_mb, timeout_s=settings.sandbox_timeout_s)
-    try:
-        result = run_isolated("engine.inspect:check_and_inspect", {"path": str(upload.path)}, limits)
-    except EngineError as exc:
-        if exc.code not in _CHECK_PROBLEMS:
-            raise RuntimeError(f"model check failed unexpectedly: {exc.detail}") from exc
-        type_, title = _CHECK_PROBLEMS[exc.code]
-        raise AppError(422, type_, exc.detail, title=title, extra={"code": exc.code}) from None
-    log.info(
-        "checked upload %s: %d bytes in %.2f s, child peak RSS %d MB",
-        upload.sha256[:12],
-        upload.size,
-        result.seconds,
-        result.peak_rss_kb // 1024,
+    value = check_in_sandbox(
+        settings=settings,
+        target="engine.inspect:check_and_inspect",
+        kwargs={"path": str(upload.path)},
+        problems=_PROBLEMS,
+        what="model",
     )
-    return ModelInfo.model_validate(result.value)
+    return ModelInfo.model_validate(value)
 
 
 def create_from_upload(
     *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload
 ) -> tuple[ModelFile, bool]:
     """Returns (model, created). The same bytes from the same tenant return the existing model."""
-    name = _clean_name(upload.fields.get("name"), upload.filename)
+    name = clean_name(upload.fields.get("name"), upload.filename, default="model")
     existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
     if existing is not None:
         return existing, False
