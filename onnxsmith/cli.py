@@ -29,6 +29,15 @@ def _session():
     return session_scope(make_session_factory(engine))
 
 
+def _log_to_stderr() -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("onnxsmith").addHandler(handler)
+    logging.getLogger("onnxsmith").setLevel(logging.INFO)
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
@@ -36,8 +45,6 @@ def serve(
     workers: int = typer.Option(1, help="uvicorn worker processes"),
 ) -> None:
     """Start the API. With no configuration: SQLite and a local store under ./onnxsmith-data."""
-    import logging
-
     import uvicorn
 
     from service import migrations
@@ -52,12 +59,35 @@ def serve(
                 new = tenants.create_key(db=db, tenant_name="default", key_name="created by serve")
                 err.print("API key for tenant 'default' (shown once, keep it):")
                 print(new.key, flush=True)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("onnxsmith").addHandler(handler)
-    logging.getLogger("onnxsmith").setLevel(logging.INFO)
+    _log_to_stderr()
     console.print(f"onnxsmith on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
     uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("default,measure", help="Comma-separated queues to consume"),
+    concurrency: int = typer.Option(1, help="Parallel jobs; keep 1 for the measure queue (speed measurements)"),
+    loglevel: str = typer.Option("INFO", help="Celery log level"),
+    hostname: str | None = typer.Option(None, help="Node name (default celery@<host>); unique per machine"),
+) -> None:
+    """Start a Celery worker (ONNXSMITH_BROKER_URL, ONNXSMITH_DATABASE_URL, ONNXSMITH_STORAGE_URL)."""
+    from workers.celery_app import app as celery_app
+
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        # threads: the work itself runs in sandboxed child processes forked from a preloaded forkserver
+        # (which a daemonic prefork pool process may not start); the pool threads only wait and write rows.
+        "--pool=threads",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery_app.worker_main(argv)
 
 
 @db_app.command("upgrade")

@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import migrations
+from service.artifacts.router import router as artifacts_router
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import install_handlers
 from service.health import router as health_router
+from service.jobs.queue import Enqueuer
+from service.jobs.router import router as jobs_router
 from service.model_files.router import router as models_router
 from service.settings import Settings, get_settings
 from service.storage import open_store
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.store = open_store(settings)
+        app.state.enqueuer = Enqueuer(settings)
         try:
             yield
         finally:
@@ -66,4 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(datasets_router)
+    app.include_router(jobs_router)
+    app.include_router(artifacts_router)
     return app

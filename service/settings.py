@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=3, description="Deliveries of one job before it fails with worker_lost (a model that kills workers)."
     )
+    visibility_timeout_s: int | None = Field(
+        default=None,
+        description="Redis visibility timeout: an unacknowledged message is redelivered after this. Must exceed "
+        "job_time_limit_s. Default: job_time_limit_s + 2 x job_lease_s + 60.",
+    )
     job_lease_s: float = Field(
         default=30.0, description="A running job whose heartbeat is older than this is considered lost."
     )
@@ -75,8 +80,10 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
 
     @property
-    def visibility_timeout_s(self) -> int:
+    def resolved_visibility_timeout_s(self) -> int:
         """Redis redelivers an unacknowledged message after this: above the job's hard time limit."""
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
         return int(self.job_time_limit_s + 2 * self.job_lease_s + 60)
 
     @property

@@ -124,3 +124,17 @@ def fails_runtime(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("com.example", 1)])
     model.ir_version = 8
     return _save(model, path)
+
+
+def linear(path: Path, w: np.ndarray, b: np.ndarray, output: str = "logits") -> Path:
+    """y = x @ w + b: a classifier (logits) or regressor whose predictions the tests can compute with numpy."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], [output])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", w.shape[0]])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", w.shape[1]])],
+        [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(b.astype(np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    return _save(model, path)

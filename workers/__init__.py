@@ -1,1 +1,1 @@
-"""Celery workers (one thin task per job kind). The app and tasks arrive with the jobs issue (#3)."""
+"""Celery workers: one thin task per job kind (workers/tasks.py) around one runner (workers/runner.py)."""

@@ -39,3 +39,41 @@ def test_memory_limit_is_enforced() -> None:
     assert info.value.code == "memory_limit"
     # the same allocation fits under a larger limit: the limit, not the allocation, refused it
     assert run_isolated("tests.sandbox_targets:allocate", {"megabytes": 256}, Limits(memory_mb=2048)).value
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_both_launchers_share_the_protocol(warm: bool) -> None:
+    seen = []
+    result = run_isolated(
+        "tests.sandbox_targets:progress",
+        {"steps": 3},
+        Limits(),
+        monitor=lambda m: seen.append(m) or True,
+        poll_s=0.05,
+        warm=warm,
+    )
+    assert result.value == {"done": 3}
+    assert [m for m in seen if m] == [{"progress": i / 3, "stage": f"step {i}"} for i in range(1, 4)]
+    with pytest.raises(EngineError) as info:
+        run_isolated("tests.sandbox_targets:abort", {}, Limits(), warm=warm)
+    assert info.value.code == "crashed"
+    with pytest.raises(EngineError) as info:
+        run_isolated("tests.sandbox_targets:allocate", {"megabytes": 4096}, Limits(memory_mb=2048), warm=warm)
+    assert info.value.code == "memory_limit"
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_monitor_can_stop_the_child(warm: bool) -> None:
+    started = time.monotonic()
+    with pytest.raises(EngineError) as info:
+        run_isolated(
+            "tests.sandbox_targets:sleep", {"seconds": 30}, Limits(), monitor=lambda m: False, poll_s=0.1, warm=warm
+        )
+    assert info.value.code == "cancelled" and time.monotonic() - started < 10
+
+
+def test_warm_children_run_multithreaded_sessions() -> None:
+    """The forkserver set ONNX Runtime up before forking; sessions with thread pools must still work after."""
+    for threads in (1, 2):
+        result = run_isolated("tests.sandbox_targets:session", {"threads": threads}, Limits(threads=threads), warm=True)
+        assert result.value == {"shape": [64, 10]}

@@ -1,0 +1,119 @@
+"""The job-kind contract: a name, a Params model, a Report model, `run(inputs, params, progress)`, one registry.
+
+Adding a kind: write its module (Params, Report, `validate`, `run`), register it below, add a thin Celery task
+in workers/tasks.py. The engine never touches the database or the object store: the worker hands it local
+files and stores what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.datasets import DatasetSummary
+from engine.errors import EngineError
+from engine.inspect import ModelInfo
+from engine.machine import MachineInfo
+
+SCHEMA_VERSION = 1
+Progress = Callable[[float, str], None]
+
+
+class StrictParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetInput(BaseModel):
+    path: str
+    format: str
+    label: str | None
+    summary: DatasetSummary
+
+
+class JobInputs(BaseModel):
+    model_path: str
+    model_info: ModelInfo
+    datasets: dict[str, DatasetInput] = Field(description="By role, already resolved (eval <- test <- validation)")
+    out_dir: str
+    max_threads: int = 1
+
+
+class ArtifactOut(BaseModel):
+    role: str
+    filename: str = Field(description="A file the engine wrote in out_dir")
+    media_type: str
+
+
+class ReportBase(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    kind: str
+    warnings: list[str] = Field(default_factory=list)
+    machine: MachineInfo
+
+
+class JobOutput(BaseModel):
+    report: dict[str, Any]
+    artifacts: list[ArtifactOut] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    params: type[StrictParams]
+    report: type[ReportBase]
+    run: Callable[[JobInputs, Any, Progress], tuple[ReportBase, list[ArtifactOut]]]
+    validate: Callable[[ModelInfo, dict[str, DatasetSummary], Any], None]
+    roles: tuple[str, ...] = ()  # dataset roles the kind reads (after defaulting)
+    required: tuple[str, ...] = ()
+    queue: Literal["default", "measure"] = "default"
+    threads: Callable[[Any], int] = lambda params: 1
+
+
+def _registry() -> dict[str, JobKind]:
+    from engine import benchmark, evaluate
+
+    return {k.name: k for k in (evaluate.KIND, benchmark.KIND)}
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def get_kind(name: str) -> JobKind:
+    if not KINDS:
+        KINDS.update(_registry())
+    if name not in KINDS:
+        raise KeyError(name)
+    return KINDS[name]
+
+
+def kind_names() -> list[str]:
+    get_kind("evaluate")
+    return sorted(KINDS)
+
+
+def resolve_roles(kind: JobKind, given: dict[str, str]) -> dict[str, str]:
+    """Dataset roles a kind reads: where it needs `eval` and none is given, `test`, else `validation`."""
+    resolved = dict(given)
+    if "eval" in kind.roles and "eval" not in resolved:
+        for fallback in ("test", "validation"):
+            if fallback in resolved:
+                resolved["eval"] = resolved[fallback]
+                break
+    missing = [r for r in kind.required if r not in resolved]
+    if missing:
+        raise EngineError("missing_dataset", f"{kind.name} needs a dataset for role(s) {missing}")
+    return resolved
+
+
+def run_in_child(kind: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Sandbox entry point of every job: validate, run, return {"report", "artifacts"}."""
+    from engine.sandbox import report_progress
+
+    job_kind = get_kind(kind)
+    job_inputs = JobInputs.model_validate(inputs)
+    job_params = job_kind.params.model_validate(params)
+    report, artifacts = job_kind.run(job_inputs, job_params, report_progress)
+    return JobOutput(report=report.model_dump(mode="json"), artifacts=artifacts).model_dump(mode="json")

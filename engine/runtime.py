@@ -1,0 +1,57 @@
+"""ONNX Runtime sessions with explicit thread counts, and batched runs over bound feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+
+
+def make_session(model_path: str, threads: int = 1, optimize: bool = True) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise EngineError("invalid_model", f"ONNX Runtime cannot load the model: {str(exc)[:500]}") from None
+
+
+def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = next(iter(feeds.values())).shape[0]
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in feeds.items()}
+
+
+def run_batched(
+    session: Any,
+    feeds: dict[str, np.ndarray],
+    output: str,
+    batch_size: int,
+    progress: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    n = next(iter(feeds.values())).shape[0]
+    outs = []
+    for i, batch in enumerate(batches(feeds, batch_size)):
+        try:
+            outs.append(session.run([output], batch)[0])
+        except Exception as exc:
+            raise EngineError("runtime_error", f"the model failed on a batch: {str(exc)[:500]}") from None
+        if progress is not None:
+            progress(min(1.0, (i + 1) * batch_size / n))
+    return np.concatenate(outs, axis=0)
+
+
+def fixed_batch(input_shape: list[int | str | None] | None) -> int | None:
+    """The batch size a model insists on (a fixed first dimension), or None."""
+    if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0:
+        return input_shape[0]
+    return None

@@ -1,0 +1,30 @@
+"""Imported by the sandbox's forkserver before it forks job children: pays ONNX Runtime's one-time environment
+set-up once, so each child's first session is cheaper.
+
+The session here has one intra-op and one inter-op thread, so ONNX Runtime starts no thread pool threads in
+the forkserver (forking a process with running threads is unsafe); it is dropped before any fork.
+"""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+
+def _warm_up() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "warmup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del session
+
+
+_warm_up()

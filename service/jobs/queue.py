@@ -1,0 +1,28 @@
+"""Sending job messages. The service enqueues by task name only; task bodies live in workers/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.jobs import get_kind
+from service.settings import Settings
+
+
+def task_name(kind: str) -> str:
+    return f"onnxsmith.jobs.{kind}"
+
+
+class Enqueuer:
+    """A producer-only Celery app, built once per API process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from workers.app import make_celery
+
+        self.app: Any = make_celery(settings)
+
+    def send(self, *, kind: str, job_id: str) -> None:
+        self.app.send_task(task_name(kind), args=[job_id], queue=get_kind(kind).queue)
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)

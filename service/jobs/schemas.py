@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROLES = ("train", "validation", "test", "calibration", "eval", "history")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="Job kind, e.g. evaluate or benchmark", max_length=40)
+    model_id: str = Field(max_length=40)
+    datasets: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Dataset ids by role ({', '.join(ROLES)}). Where a kind needs eval and none is given, it "
+        "uses test, else validation.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (see its schema)")
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    detail: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    progress: float = Field(description="0..1")
+    stage: str
+    model_id: str | None
+    datasets: dict[str, str] = Field(description="Dataset ids by role, after defaulting")
+    params: dict[str, Any] = Field(description="The parameters with their defaults filled in")
+    error: JobErrorOut | None = None
+    attempts: int = Field(description="Deliveries that started running this job")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> JobOut:
+        out = cls.model_validate(row)
+        if row.error_code:
+            out.error = JobErrorOut(code=row.error_code, detail=row.error_detail or "")
+        return out

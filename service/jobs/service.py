@@ -1,0 +1,174 @@
+"""Jobs: validate a request against its kind and inputs, record it, and the rules of cancel and report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from engine.datasets import DatasetSummary
+from engine.errors import EngineError
+from engine.inspect import ModelInfo
+from engine.jobs import get_kind, kind_names, resolve_roles
+from service.datasets import repository as datasets_repo
+from service.db import new_id
+from service.errors import AppError, not_found
+from service.jobs import repository as repo
+from service.jobs.schemas import ROLES, JobCreate
+from service.jobs.tables import Job
+from service.model_files import repository as models_repo
+from service.settings import Settings
+
+# Engine error codes that make a job request unacceptable: problem type for each.
+_REQUEST_PROBLEMS = {
+    "incompatible_data": "incompatible-data",
+    "unknown_output": "unknown-output",
+    "missing_param": "missing-param",
+    "missing_dataset": "missing-dataset",
+    "unsupported": "unsupported",
+}
+
+
+def _request_hash(body: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _params_error(exc: ValidationError) -> AppError:
+    errors = [
+        {"location": "body", "field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return AppError(422, "validation-error", detail, title="Invalid request", errors=errors)
+
+
+def submit(
+    *, db: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate and record a job (status queued). Returns (job, created); created is False for a replay."""
+    request_hash = _request_hash(body)
+    if idempotency_key is not None:
+        existing = repo.get_by_idempotency_key(db, tenant_id=tenant_id, key=idempotency_key)
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise AppError(
+                    409,
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was used with a different request body",
+                    title="Idempotency key reused",
+                    extra={"job_id": existing.id},
+                )
+            return existing, False
+    try:
+        kind = get_kind(body.kind)
+    except KeyError:
+        raise AppError(
+            422,
+            "unknown-job-kind",
+            f"unknown job kind {body.kind!r}; kinds: {', '.join(kind_names())}",
+            title="Unknown job kind",
+            errors=[{"location": "body", "field": "kind", "message": "unknown kind", "type": "enum"}],
+        ) from None
+    try:
+        params = kind.params.model_validate(body.params)
+    except ValidationError as exc:
+        raise _params_error(exc) from None
+    threads = kind.threads(params)
+    if threads > settings.job_threads:
+        raise AppError(
+            422,
+            "validation-error",
+            f"params ask for {threads} threads; workers allow at most {settings.job_threads} (ONNXSMITH_JOB_THREADS)",
+            title="Invalid request",
+        )
+    bad_roles = sorted(set(body.datasets) - set(ROLES))
+    if bad_roles:
+        raise AppError(
+            422,
+            "validation-error",
+            f"unknown dataset role(s) {bad_roles}; roles: {', '.join(ROLES)}",
+            title="Invalid request",
+        )
+    model = models_repo.get(db, tenant_id=tenant_id, model_id=body.model_id)
+    if model is None:
+        raise not_found("model", body.model_id)
+    found = datasets_repo.get_many(db, tenant_id=tenant_id, ids=list(set(body.datasets.values())))
+    for dataset_id in body.datasets.values():
+        if dataset_id not in found:
+            raise not_found("dataset", dataset_id)
+    try:
+        roles = resolve_roles(kind, body.datasets)
+        summaries = {role: DatasetSummary.model_validate(found[i].summary) for role, i in roles.items()}
+        kind.validate(ModelInfo.model_validate(model.info), summaries, params)
+    except EngineError as exc:
+        type_ = _REQUEST_PROBLEMS.get(exc.code)
+        if type_ is None:
+            raise
+        raise AppError(
+            422, type_, exc.detail, title=type_.replace("-", " ").capitalize(), extra={"code": exc.code}
+        ) from None
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        kind=kind.name,
+        status="queued",
+        progress=0.0,
+        stage="queued",
+        model_id=model.id,
+        datasets=roles,
+        params=params.model_dump(mode="json"),
+        attempts=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    repo.add(db, job)
+    return job, True
+
+
+def get(*, db: Session, tenant_id: str, job_id: str) -> Job:
+    row = repo.get(db, tenant_id=tenant_id, job_id=job_id)
+    if row is None:
+        raise not_found("job", job_id)
+    return row
+
+
+def list_page(
+    *, db: Session, tenant_id: str, limit: int, cursor: str | None, status: str | None, kind: str | None
+) -> tuple[list[Job], str | None]:
+    rows = repo.list_page(db, tenant_id=tenant_id, limit=limit + 1, cursor=cursor, status=status, kind=kind)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1].id
+    return rows, None
+
+
+def cancel(*, db: Session, tenant_id: str, job_id: str) -> Job:
+    job = get(db=db, tenant_id=tenant_id, job_id=job_id)
+    if not repo.cancel(db, tenant_id=tenant_id, job_id=job_id) and job.status in ("succeeded", "failed"):
+        raise AppError(
+            409,
+            "job-finished",
+            f"job {job_id} already {job.status}; it cannot be cancelled",
+            title="Job already finished",
+            extra={"status": job.status},
+        )
+    db.refresh(job)
+    return job
+
+
+def report(*, db: Session, tenant_id: str, job_id: str) -> dict[str, Any]:
+    job = get(db=db, tenant_id=tenant_id, job_id=job_id)
+    if job.status != "succeeded" or job.report is None:
+        detail = f"job {job_id} is {job.status}"
+        if job.error_code:
+            detail += f" ({job.error_code}: {job.error_detail})"
+        raise AppError(
+            409,
+            "no-report",
+            detail + "; a report exists once it has succeeded",
+            title="No report",
+            extra={"status": job.status},
+        )
+    return job.report

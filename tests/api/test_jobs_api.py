@@ -1,0 +1,162 @@
+"""Job submission rules (no worker needed: every case is decided before or without running)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests import data_files, onnx_models
+from tests.conftest import count_rows
+
+
+def _model(client, auth, path):
+    with open(path, "rb") as f:
+        return client.post("/v1/models", headers=auth, files={"file": (path.name, f)}).json()["id"]
+
+
+def _dataset(client, auth, path, **fields):
+    with open(path, "rb") as f:
+        r = client.post("/v1/datasets", headers=auth, files={"file": (path.name, f)}, data=fields or None)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+@pytest.fixture
+def setup(client, auth, tmp_path):
+    x, y = data_files.classification(n=20, features=64)
+    return {
+        "model": _model(client, auth, onnx_models.mlp(tmp_path / "m.onnx")),
+        "labeled": _dataset(client, auth, data_files.npz(tmp_path / "l.npz", x=x, y=y)),
+        "unlabeled": _dataset(client, auth, data_files.npz(tmp_path / "u.npz", x=x)),
+        "narrow": _dataset(client, auth, data_files.npz(tmp_path / "n.npz", x=x[:, :10], y=y)),
+        "strings": _dataset(client, auth, data_files.npz(tmp_path / "s.npz", x=np.full((20, 64), "a"), y=y)),
+        "history": _dataset(client, auth, data_files.keras_history(tmp_path / "h.json")),
+    }
+
+
+@pytest.mark.sqlite
+def test_bad_job_requests(client, auth, other_auth, setup, tmp_path, db) -> None:
+    m = setup["model"]
+    other_ds = _dataset(client, other_auth, data_files.npz(tmp_path / "o.npz", x=np.ones((3, 64)), y=np.ones(3, int)))
+    cases = [
+        ({"kind": "explode", "model_id": m}, 422, "unknown-job-kind", "evaluate"),
+        (
+            {
+                "kind": "evaluate",
+                "model_id": m,
+                "datasets": {"eval": setup["labeled"]},
+                "params": {"batch_size": "big"},
+            },
+            422,
+            "validation-error",
+            "params.batch_size",
+        ),
+        (
+            {"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["labeled"]}, "params": {"bogus": 1}},
+            422,
+            "validation-error",
+            "params.bogus",
+        ),
+        ({"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["narrow"]}}, 422, "incompatible-data", "dim 1"),
+        ({"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["strings"]}}, 422, "incompatible-data", "<U1"),
+        (
+            {"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["unlabeled"]}},
+            422,
+            "incompatible-data",
+            "labeled",
+        ),
+        (
+            {"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["history"]}},
+            422,
+            "incompatible-data",
+            "history",
+        ),
+        ({"kind": "evaluate", "model_id": m}, 422, "missing-dataset", "eval"),
+        ({"kind": "evaluate", "model_id": m, "datasets": {"eval": other_ds}}, 404, "not-found", other_ds),
+        (
+            {"kind": "evaluate", "model_id": "mdl_01m8n0k5rywv9byptk738d4r00", "datasets": {"eval": setup["labeled"]}},
+            404,
+            "not-found",
+            "model",
+        ),
+        (
+            {"kind": "evaluate", "model_id": m, "datasets": {"holdout": setup["labeled"]}},
+            422,
+            "validation-error",
+            "holdout",
+        ),
+        (
+            {"kind": "evaluate", "model_id": m, "datasets": {"eval": setup["labeled"]}, "params": {"output": "nope"}},
+            422,
+            "unknown-output",
+            "nope",
+        ),
+        ({"kind": "benchmark", "model_id": m, "params": {"threads": [64]}}, 422, "validation-error", "threads"),
+        ({"kind": "benchmark", "model_id": m, "params": {"batch_sizes": []}}, 422, "validation-error", "batch_sizes"),
+        ({"kind": "benchmark", "model_id": m, "extra": 1}, 422, "validation-error", "extra"),
+        ({"model_id": m}, 422, "validation-error", "kind"),
+    ]
+    for body, status, type_, words in cases:
+        r = client.post("/v1/jobs", headers=auth, json=body)
+        assert r.status_code == status, (body, r.text)
+        problem = r.json()
+        assert r.headers["content-type"] == "application/problem+json"
+        assert problem["type"].endswith("/" + type_), (body, problem)
+        assert words in problem["detail"], (body, problem)
+    assert count_rows(db, "jobs") == 0
+    r = client.post(
+        "/v1/jobs",
+        headers=auth,
+        content=b"{not json",
+    )
+    assert r.status_code == 422
+
+
+def test_symbolic_dims_need_values_for_synthetic_inputs(client, auth, tmp_path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "seq.onnx"
+    path.write_bytes(model.SerializeToString())
+    m = _model(client, auth, path)
+    r = client.post("/v1/jobs", headers=auth, json={"kind": "benchmark", "model_id": m})
+    assert r.status_code == 422 and r.json()["type"].endswith("/missing-param") and "'seq'" in r.json()["detail"]
+    ok = client.post(
+        "/v1/jobs", headers=auth, json={"kind": "benchmark", "model_id": m, "params": {"dim_values": {"seq": 16}}}
+    )
+    assert ok.status_code == 202, ok.text
+
+
+@pytest.mark.sqlite
+def test_idempotency_key(client, auth, setup) -> None:
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    first = client.post("/v1/jobs", headers=auth | {"Idempotency-Key": "k1"}, json=body)
+    again = client.post("/v1/jobs", headers=auth | {"Idempotency-Key": "k1"}, json=body)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    assert first.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+    other = client.post("/v1/jobs", headers=auth | {"Idempotency-Key": "k1"}, json=body | {"params": {"threads": 2}})
+    assert other.status_code == 409 and other.json()["job_id"] == first.json()["id"]
+    assert client.post("/v1/jobs", headers=auth, json=body).json()["id"] != first.json()["id"]
+
+
+def test_queued_job_state_rules(client, auth, other_auth, setup) -> None:
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"validation": setup["labeled"]}}
+    job = client.post("/v1/jobs", headers=auth, json=body).json()
+    assert job["status"] == "queued" and job["datasets"]["eval"] == setup["labeled"]
+    assert job["params"] == {"output": None, "batch_size": 256, "threads": 1, "max_samples": None}
+    r = client.get(f"/v1/jobs/{job['id']}/report", headers=auth)
+    assert r.status_code == 409 and r.json()["status"] == "queued"
+    for path in ("", "/report", "/artifacts"):
+        assert client.get(f"/v1/jobs/{job['id']}{path}", headers=other_auth).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=other_auth).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["status"] == "cancelled"
+    assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth).json() == []
+    assert client.get("/v1/artifacts/art_01m8n0k5rywv9byptk738d4r00/content", headers=auth).status_code == 404

@@ -1,0 +1,188 @@
+"""Jobs end to end: API -> Redis -> a real Celery worker -> PostgreSQL -> store, for each kind."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+
+from service.jobs.queue import Enqueuer
+from tests import data_files, onnx_models
+from tests.e2e.conftest import wait_job
+
+REDIS_DB = 11
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker):
+    return start_worker()
+
+
+def upload_model(api, path):
+    with open(path, "rb") as f:
+        r = api.post("/v1/models", files={"file": (path.name, f)})
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def upload_dataset(api, path, **fields):
+    with open(path, "rb") as f:
+        r = api.post("/v1/datasets", files={"file": (path.name, f)}, data=fields or None)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def submit(api, **body):
+    r = api.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    rng = np.random.default_rng(7)
+    w, b = rng.standard_normal((8, 3)), rng.standard_normal(3)
+    x = rng.standard_normal((300, 8))
+    y = rng.integers(0, 3, 300)
+    y[:200] = (x[:200] @ w + b).argmax(axis=1)  # two thirds agree with the model, the rest is noise
+    return w, b, x, y, onnx_models.linear(tmp_path / "clf.onnx", w, b)
+
+
+def test_evaluate_classification_matches_numpy(api, worker, classifier, tmp_path) -> None:
+    w, b, x, y, path = classifier
+    model_id = upload_model(api, path)
+    ds_id = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x, y=y))
+    job = submit(api, kind="evaluate", model_id=model_id, datasets={"test": ds_id}, params={"batch_size": 64})
+    assert job["status"] == "queued" and job["datasets"] == {"test": ds_id, "eval": ds_id}
+    done = wait_job(api, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 1.0 and done["attempts"] == 1
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    logits = (x.astype(np.float32) @ w.astype(np.float32) + b.astype(np.float32)).astype(np.float64)
+    pred = logits.argmax(axis=1)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert report["kind"] == "evaluate" and report["schema_version"] == 1 and report["task"] == "classification"
+    assert report["sample_count"] == 300 and report["output_interpretation"] == "logits"
+    assert report["metrics"]["accuracy"] == pytest.approx((pred == y).mean())
+    assert report["metrics"]["log_loss"] == pytest.approx(-np.log(p[np.arange(300), y]).mean(), rel=1e-4)
+    lo, hi = report["accuracy_ci95"]
+    assert lo < report["metrics"]["accuracy"] < hi
+    assert report["throughput_samples_per_s"] > 0 and report["machine"]["onnxruntime_version"]
+    assert report["inputs"] == {"model_id": model_id, "datasets": {"test": ds_id, "eval": ds_id}}
+
+    artifacts = api.get(f"/v1/jobs/{job['id']}/artifacts").json()
+    assert [a["role"] for a in artifacts] == ["predictions"]
+    content = api.get(f"/v1/artifacts/{artifacts[0]['id']}/content").content
+    with np.load(io.BytesIO(content), allow_pickle=False) as saved:
+        assert np.array_equal(saved["prediction"], pred) and np.array_equal(saved["label"], y)
+
+
+def test_evaluate_regression_on_csv(api, worker, tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal((4, 1)), np.array([0.5])
+    x = rng.standard_normal((120, 4))
+    y = (x @ w + b).ravel() + rng.normal(0, 0.3, 120)
+    model_id = upload_model(api, onnx_models.linear(tmp_path / "reg.onnx", w, b, output="value"))
+    ds_id = upload_dataset(api, data_files.csv(tmp_path / "reg.csv", x, y, label="target"), label="target")
+    done = wait_job(api, submit(api, kind="evaluate", model_id=model_id, datasets={"eval": ds_id})["id"])
+    assert done["status"] == "succeeded", done
+    metrics = api.get(f"/v1/jobs/{done['id']}/report").json()["metrics"]
+    pred = (x.astype(np.float32) @ w.astype(np.float32) + np.float32(0.5)).ravel().astype(np.float64)
+    assert metrics["mse"] == pytest.approx(((pred - y) ** 2).mean(), rel=1e-4)
+    assert metrics["mae"] == pytest.approx(np.abs(pred - y).mean(), rel=1e-4)
+    assert metrics["r2"] == pytest.approx(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-4)
+
+
+def test_benchmark_reports_latency_per_configuration(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.cnn(tmp_path / "cnn.onnx"))
+    params = {"batch_sizes": [1, 4], "threads": [1], "runs": 20, "warmup_runs": 2}
+    done = wait_job(api, submit(api, kind="benchmark", model_id=model_id, params=params)["id"])
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{done['id']}/report").json()
+    assert report["input_source"] == "synthetic"
+    assert [(r["batch_size"], r["threads"], r["runs"]) for r in report["results"]] == [(1, 1, 20), (4, 1, 20)]
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["throughput_samples_per_s"] == pytest.approx(r["batch_size"] * 1000 / lat["mean"], rel=1e-6)
+    assert report["machine"]["logical_cpus"] >= 1 and "load_average_1m" in report["machine"]
+
+
+def test_redelivered_message_for_a_finished_job_is_a_noop(api, worker, tmp_path, e2e_settings, db) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    done = wait_job(api, submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})["id"])
+    assert done["status"] == "succeeded"
+    Enqueuer(e2e_settings).send(kind="benchmark", job_id=done["id"])
+    worker.wait_for(f"job {done['id']} is already succeeded; redelivered message is a no-op")
+    again = api.get(f"/v1/jobs/{done['id']}").json()
+    assert (again["attempts"], again["finished_at"], again["status"]) == (1, done["finished_at"], "succeeded")
+
+
+def test_cancel_a_queued_job_and_it_never_runs(api, worker, tmp_path, e2e_settings, db) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    real = api.app.state.enqueuer
+
+    class Deferred:  # hold the message back so the job is certainly still queued when cancelled
+        sent: list = []
+
+        def send(self, **kw):
+            self.sent.append(kw)
+
+    api.app.state.enqueuer = Deferred()
+    job = submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})
+    api.app.state.enqueuer = real
+    r = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    real.send(**Deferred.sent[0])
+    worker.wait_for(f"job {job['id']} is already cancelled; redelivered message is a no-op")
+    final = api.get(f"/v1/jobs/{job['id']}").json()
+    assert final["status"] == "cancelled" and final["attempts"] == 0
+    assert api.get(f"/v1/jobs/{job['id']}/report").status_code == 409
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202  # cancelling again is harmless
+
+
+def test_cancel_a_running_job_stops_it_within_seconds(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.cnn(tmp_path / "cnn.onnx"))
+    params = {"batch_sizes": [64], "runs": 100000, "max_seconds_per_config": 120}
+    job = submit(api, kind="benchmark", model_id=model_id, params=params)
+    wait_job(api, job["id"], statuses=("running",))
+    while api.get(f"/v1/jobs/{job['id']}").json()["stage"] in ("starting", "fetching inputs"):
+        time.sleep(0.1)
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    cancelled_at = time.monotonic()
+    worker.wait_for(f"job {job['id']}: cancelled or taken over, stopping", timeout=10)
+    assert time.monotonic() - cancelled_at < 5
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    # the worker is free again: the next job runs
+    nxt = submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})
+    assert wait_job(api, nxt["id"])["status"] == "succeeded"
+    assert api.post(f"/v1/jobs/{nxt['id']}/cancel").status_code == 409
+
+
+def test_a_job_error_fails_cleanly_with_its_code(api, worker, tmp_path, e2e_settings) -> None:
+    # labels outside the model's classes pass the submission checks (which see only the summary) and fail in the job
+    x, y = data_files.classification(n=20, features=8, classes=3)
+    model_id = upload_model(api, onnx_models.linear(tmp_path / "clf.onnx", np.ones((8, 3)), np.zeros(3)))
+    ds_id = upload_dataset(api, data_files.npz(tmp_path / "d.npz", x=x, y=y + 5))
+    done = wait_job(api, submit(api, kind="evaluate", model_id=model_id, datasets={"eval": ds_id})["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "incompatible_data" and "3 classes" in done["error"]["detail"]
+    assert done["attempts"] == 1
+
+
+def test_listing_and_filters(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    ids = [
+        submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})["id"] for _ in range(3)
+    ]
+    for i in ids:
+        wait_job(api, i)
+    listed = api.get("/v1/jobs", params={"kind": "benchmark", "status": "succeeded", "limit": 2}).json()
+    assert [j["id"] for j in listed["items"]] == ids[::-1][:2] and listed["next_cursor"]
+    assert api.get("/v1/jobs", params={"status": "exploded"}).status_code == 422
+    assert api.get("/v1/jobs", params={"kind": "evaluate"}).json()["items"] == []

@@ -1,0 +1,45 @@
+"""The Celery application, configured from Settings. No task bodies here: the API imports this to send."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+QUEUES = ("default", "measure")
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("onnxsmith", broker=settings.resolved_broker_url, set_as_current=False)
+    visibility = settings.resolved_visibility_timeout_s
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # never pickle
+        result_serializer="json",
+        task_ignore_result=True,  # PostgreSQL holds status and reports, not a result backend
+        result_backend=None,
+        task_acks_late=True,  # a message is acknowledged after its task ran, so a dead worker's job is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="default",
+        task_create_missing_queues=True,
+        # the engine's child has its own wall-time limit (job_time_limit_s); this is the safety net above it,
+        # and Redis' visibility timeout must be above this or a running job would be delivered twice.
+        task_time_limit=int(settings.job_time_limit_s + settings.job_lease_s + 30),
+        broker_transport_options=_transport_options(settings.resolved_broker_url, visibility),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def _transport_options(broker_url: str, visibility: int) -> dict:
+    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        return {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, visibility // 10)),
+            "unacked_restore_throttle": 1,
+        }
+    return {}  # the sqla transport hands its options to create_engine: none of the above apply
