@@ -43,8 +43,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8000, help="Port to listen on"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
+    with_worker: bool = typer.Option(
+        True, "--with-worker/--no-worker", help="Also run a Celery worker beside the API (stopped with it)"
+    ),
 ) -> None:
-    """Start the API. With no configuration: SQLite and a local store under ./onnxsmith-data."""
+    """Start the API and a worker. With no configuration: SQLite, a local store and a filesystem broker under
+    ./onnxsmith-data, so nothing else needs to run."""
     import uvicorn
 
     from service import migrations
@@ -60,8 +64,44 @@ def serve(
                 err.print("API key for tenant 'default' (shown once, keep it):")
                 print(new.key, flush=True)
     _log_to_stderr()
+    worker_proc = _start_embedded_worker() if with_worker else None
     console.print(f"onnxsmith on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+    try:
+        uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+    finally:
+        if worker_proc is not None:
+            _stop(worker_proc)
+
+
+def _start_embedded_worker():
+    """The same `onnxsmith worker` as in production, as a child that dies with this process."""
+    import os
+    import subprocess
+
+    def _die_with_parent() -> None:
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when serve dies
+        except (OSError, AttributeError):
+            pass
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "onnxsmith.cli", "worker", "--hostname", f"embedded-{os.getpid()}@%h"],
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before exec, no threads yet
+    )
+
+
+def _stop(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @app.command()

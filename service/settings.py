@@ -33,8 +33,8 @@ class Settings(BaseSettings):
 
     broker_url: str | None = Field(
         default=None,
-        description="Celery broker, e.g. redis://127.0.0.1:6379/0. Default: a SQLite file in data_dir "
-        "(kombu's sqla transport, no server).",
+        description="Celery broker, e.g. redis://127.0.0.1:6379/0. Default: filesystem:// (message files in "
+        "data_dir/broker, no server; for one machine).",
     )
     max_model_bytes: int = Field(default=2 * GIB, description="Largest accepted model upload (bytes).")
     max_dataset_bytes: int = Field(default=2 * GIB, description="Largest accepted dataset upload (bytes).")
@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=None,
         description="Redis visibility timeout: an unacknowledged message is redelivered after this. Must exceed "
         "job_time_limit_s. Default: job_time_limit_s + 2 x job_lease_s + 60.",
+    )
+    reconcile_interval_s: float = Field(default=30.0, description="How often each worker runs the reconciler.")
+    requeue_after_s: float = Field(
+        default=120.0,
+        description="A queued job whose message is older than this while its queue is empty is sent again.",
     )
     job_lease_s: float = Field(
         default=30.0, description="A running job whose heartbeat is older than this is considered lost."
@@ -77,7 +82,12 @@ class Settings(BaseSettings):
     def resolved_broker_url(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+        return "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Message files of the filesystem:// broker (the embedded default)."""
+        return self.resolved_data_dir / "broker"
 
     @property
     def resolved_visibility_timeout_s(self) -> int:

@@ -26,7 +26,7 @@ def make_celery(settings: Settings) -> Celery:
         # the engine's child has its own wall-time limit (job_time_limit_s); this is the safety net above it,
         # and Redis' visibility timeout must be above this or a running job would be delivered twice.
         task_time_limit=int(settings.job_time_limit_s + settings.job_lease_s + 30),
-        broker_transport_options=_transport_options(settings.resolved_broker_url, visibility),
+        broker_transport_options=_transport_options(settings, visibility),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,
@@ -35,11 +35,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def _transport_options(broker_url: str, visibility: int) -> dict:
-    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+def _transport_options(settings: Settings, visibility: int) -> dict:
+    url = settings.resolved_broker_url
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
         return {
             "visibility_timeout": visibility,
             "unacked_restore_interval": max(1, min(10, visibility // 10)),
             "unacked_restore_throttle": 1,
         }
-    return {}  # the sqla transport hands its options to create_engine: none of the above apply
+    if url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        # one folder in and out: API and worker processes on this machine share it
+        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "polling_interval": 0.1}
+    return {}  # e.g. sqla+: that transport hands its options to create_engine

@@ -138,3 +138,40 @@ def cancel(db: Session, *, tenant_id: str, job_id: str) -> bool:
         )
         == 1
     )
+
+
+def mark_enqueued(db: Session, job_id: str) -> None:
+    _update(db, job_id, [], {"enqueued_at": utcnow()})
+
+
+def lost_running(db: Session, *, lease: timedelta, limit: int = 100) -> list[Job]:
+    """Running jobs whose heartbeat stopped: their worker died or lost the database."""
+    cutoff = utcnow() - lease
+    q = sa.select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff).order_by(Job.id).limit(limit)
+    return list(db.scalars(q))
+
+
+def requeue_lost(db: Session, job_id: str, attempt: int, *, lease: timedelta) -> bool:
+    cutoff = utcnow() - lease
+    return (
+        _update(
+            db,
+            job_id,
+            [Job.status == "running", Job.attempts == attempt, Job.heartbeat_at < cutoff],
+            {"status": "queued", "stage": "requeued: its worker stopped responding", "enqueued_at": utcnow()},
+        )
+        == 1
+    )
+
+
+def waiting_since(db: Session, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+    """Queued jobs whose last message was sent before the cutoff."""
+    cutoff = utcnow() - older_than
+    sent = sa.func.coalesce(Job.enqueued_at, Job.created_at)
+    q = sa.select(Job).where(Job.status == "queued", sent < cutoff).order_by(Job.id).limit(limit)
+    return list(db.scalars(q))
+
+
+def count_by_kind_and_status(db: Session) -> list[tuple[str, str, int]]:
+    q = sa.select(Job.kind, Job.status, sa.func.count()).group_by(Job.kind, Job.status)
+    return [(k, s, int(n)) for k, s, n in db.execute(q)]

@@ -14,7 +14,7 @@ from engine.errors import EngineError
 from engine.inspect import ModelInfo
 from engine.jobs import get_kind, kind_names, resolve_roles
 from service.datasets import repository as datasets_repo
-from service.db import new_id
+from service.db import new_id, utcnow
 from service.errors import AppError, not_found
 from service.jobs import repository as repo
 from service.jobs.schemas import ROLES, JobCreate
@@ -123,6 +123,7 @@ def submit(
         attempts=0,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        enqueued_at=utcnow(),
     )
     repo.add(db, job)
     return job, True

@@ -89,6 +89,8 @@ def e2e_env(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory
         ONNXSMITH_JOB_TIME_LIMIT_S="60",
         ONNXSMITH_VISIBILITY_TIMEOUT_S=str(getattr(request.module, "VISIBILITY_TIMEOUT_S", 120)),
         ONNXSMITH_JOB_MAX_ATTEMPTS="3",
+        ONNXSMITH_RECONCILE_INTERVAL_S="1",
+        ONNXSMITH_REQUEUE_AFTER_S="3",
     )
     return env
 

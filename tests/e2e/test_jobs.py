@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from service.jobs.queue import Enqueuer
 from tests import data_files, onnx_models
@@ -186,3 +187,44 @@ def test_listing_and_filters(api, worker, tmp_path) -> None:
     assert [j["id"] for j in listed["items"]] == ids[::-1][:2] and listed["next_cursor"]
     assert api.get("/v1/jobs", params={"status": "exploded"}).status_code == 422
     assert api.get("/v1/jobs", params={"kind": "evaluate"}).json()["items"] == []
+
+
+def test_reconciler_resends_a_queued_job_whose_message_was_lost(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    real = api.app.state.enqueuer
+
+    class Lost:  # the broker "loses" the message (as Redis without persistence does on a restart)
+        def send(self, **kw):
+            pass
+
+    api.app.state.enqueuer = Lost()
+    job = submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})
+    api.app.state.enqueuer = real
+    done = wait_job(api, job["id"], timeout=30)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    worker.wait_for(f"job {job['id']} was queued with no message in measure; sent again")
+
+
+def test_reconciler_requeues_a_running_job_whose_worker_vanished(api, worker, tmp_path, db) -> None:
+    """A row left `running` with a stale heartbeat (its worker died and no broker will redeliver)."""
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    real = api.app.state.enqueuer
+
+    class Held:
+        def send(self, **kw):
+            pass
+
+    api.app.state.enqueuer = Held()
+    job = submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})
+    api.app.state.enqueuer = real
+    db.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'running', attempts = 1, heartbeat_at = now() - interval '1 hour', "
+            "started_at = now() - interval '1 hour' WHERE id = :id"
+        ),
+        {"id": job["id"]},
+    )
+    db.commit()
+    done = wait_job(api, job["id"], timeout=30)
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    worker.wait_for(f"job {job['id']}: worker stopped responding during attempt 1; re-queued")

@@ -1,0 +1,91 @@
+"""The reconciler: repairs what the broker alone cannot, from the job rows (the source of truth).
+
+Every worker process runs it every `reconcile_interval_s` (with jitter); all its changes are conditional
+UPDATEs, so several reconcilers at once are harmless (at worst a duplicate message, which is a no-op).
+- A running job whose heartbeat is older than the lease lost its worker: it is re-queued and re-sent, or
+  failed with worker_lost once it used its deliveries.
+- A queued job whose message is older than `requeue_after_s` while its queue is empty has lost its message
+  (e.g. Redis restarted without persistence, or the embedded worker stopped mid-job): it is re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from datetime import timedelta
+from typing import Any
+
+from engine.jobs import get_kind
+from service.jobs import repository as repo
+from service.jobs.queue import task_name
+from workers.runner import Context, context, transaction
+
+log = logging.getLogger("onnxsmith.reconciler")
+
+
+def queue_depth(app: Any, queue: str) -> int:
+    with app.connection_for_read() as conn:
+        return int(conn.default_channel.queue_declare(queue=queue, passive=False).message_count)
+
+
+def _send(app: Any, kind: str, job_id: str) -> None:
+    app.send_task(task_name(kind), args=[job_id], queue=get_kind(kind).queue)
+
+
+def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
+    ctx = ctx or context()
+    s = ctx.settings
+    lease = timedelta(seconds=s.job_lease_s)
+    counts = {"requeued": 0, "worker_lost": 0, "resent": 0}
+    with transaction(ctx) as db:
+        lost = [(j.id, j.kind, j.attempts) for j in repo.lost_running(db, lease=lease)]
+    for job_id, kind, attempt in lost:
+        with transaction(ctx) as db:
+            if attempt >= s.job_max_attempts:
+                detail = (
+                    f"the job's worker was lost {attempt} time(s) (ONNXSMITH_JOB_MAX_ATTEMPTS="
+                    f"{s.job_max_attempts}); the model or data may crash or exhaust the worker"
+                )
+                if repo.give_up(db, job_id, lease=lease, max_attempts=s.job_max_attempts, detail=detail):
+                    counts["worker_lost"] += 1
+                continue
+            requeued = repo.requeue_lost(db, job_id, attempt, lease=lease)
+        if requeued:
+            _send(app, kind, job_id)
+            counts["requeued"] += 1
+            log.warning("job %s: worker stopped responding during attempt %d; re-queued", job_id, attempt)
+    with transaction(ctx) as db:
+        waiting = [(j.id, j.kind) for j in repo.waiting_since(db, older_than=timedelta(seconds=s.requeue_after_s))]
+    depths: dict[str, int] = {}
+    for job_id, kind in waiting:
+        queue = get_kind(kind).queue
+        if queue not in depths:
+            depths[queue] = queue_depth(app, queue)
+        if depths[queue] > 0:
+            continue  # its message may still be waiting in the queue
+        with transaction(ctx) as db:
+            repo.mark_enqueued(db, job_id)
+        _send(app, kind, job_id)
+        counts["resent"] += 1
+        log.warning("job %s was queued with no message in %s; sent again", job_id, queue)
+    return counts
+
+
+def start(app: Any) -> threading.Thread:
+    """Run reconcile_once forever in a daemon thread of this worker process."""
+
+    def loop() -> None:
+        ctx = context()
+        stop = threading.Event()
+        while not stop.wait(ctx.settings.reconcile_interval_s * random.uniform(0.8, 1.2)):  # noqa: S311
+            try:
+                counts = reconcile_once(app, ctx)
+                if any(counts.values()):
+                    log.info("reconciled: %s", counts)
+            except Exception:
+                log.exception("reconciler pass failed; trying again next interval")
+
+    thread = threading.Thread(target=loop, name="onnxsmith-reconciler", daemon=True)
+    thread.start()
+    return thread
