@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import migrations
+from service import migrations, observability
 from service.artifacts.router import router as artifacts_router
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
@@ -67,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True},
     )
     install_handlers(app)
+    app.state.metrics = observability.Metrics(app)
+    app.add_middleware(observability.MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(health_router)
+    app.include_router(observability.router)
     app.include_router(models_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)

@@ -18,15 +18,10 @@ from typing import Any
 
 from engine.jobs import get_kind
 from service.jobs import repository as repo
-from service.jobs.queue import task_name
+from service.jobs.queue import Enqueuer, task_name
 from workers.runner import Context, context, transaction
 
 log = logging.getLogger("onnxsmith.reconciler")
-
-
-def queue_depth(app: Any, queue: str) -> int:
-    with app.connection_for_read() as conn:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=False).message_count)
 
 
 def _send(app: Any, kind: str, job_id: str) -> None:
@@ -61,7 +56,7 @@ def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
     for job_id, kind in waiting:
         queue = get_kind(kind).queue
         if queue not in depths:
-            depths[queue] = queue_depth(app, queue)
+            depths[queue] = Enqueuer.depth_of(app, queue)
         if depths[queue] > 0:
             continue  # its message may still be waiting in the queue
         with transaction(ctx) as db:

@@ -25,4 +25,13 @@ class Enqueuer:
 
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+    def queue_depth(self, queue: str) -> int:
+        return self.depth_of(self.app, queue)
+
+    @staticmethod
+    def depth_of(app: Any, queue: str) -> int:
+        """Messages waiting in a queue (declared if missing); reserved and running ones are not counted."""
+        with app.connection_for_read() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=False).message_count)
