@@ -43,6 +43,9 @@ class EvaluateReport(ReportBase):
         default=None, description="Wilson 95% interval of the accuracy over the evaluated samples"
     )
     class_count: int | None = None
+    confusion_matrix: list[list[int]] | None = Field(
+        default=None, description="Counts [true class][predicted class] (classification with at most 50 classes)"
+    )
     seconds: float = Field(description="Wall time of the model runs (s)")
     throughput_samples_per_s: float
     batch_size: int
@@ -175,6 +178,7 @@ def run(inputs: JobInputs, params: EvaluateParams, progress: Progress) -> tuple[
     task = ds.summary.label.kind
     ci = None
     class_count = None
+    confusion = None
     if task == "classification":
         probs, interpretation = class_probabilities(out)
         class_count = probs.shape[1]
@@ -182,6 +186,9 @@ def run(inputs: JobInputs, params: EvaluateParams, progress: Progress) -> tuple[
         metrics = classification_metrics(probs, yi)
         ci = wilson_ci95(int(round(metrics["accuracy"] * n)), n)
         predictions = probs.argmax(axis=1)
+        if class_count <= 50:
+            confusion = np.zeros((class_count, class_count), dtype=np.int64)
+            np.add.at(confusion, (yi, predictions), 1)
     else:
         interpretation = "values"
         pred = out.astype(np.float64).reshape(n, -1)
@@ -206,6 +213,7 @@ def run(inputs: JobInputs, params: EvaluateParams, progress: Progress) -> tuple[
         metrics=metrics,
         accuracy_ci95=ci,
         class_count=class_count,
+        confusion_matrix=confusion.tolist() if confusion is not None else None,
         seconds=round(seconds, 6),
         throughput_samples_per_s=round(n / seconds, 2) if seconds > 0 else 0.0,
         batch_size=batch,

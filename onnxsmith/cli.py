@@ -130,6 +130,28 @@ def worker(
     celery_app.worker_main(argv)
 
 
+@app.command()
+def cleanup(
+    grace_s: float = typer.Option(3600.0, help="Keep objects younger than this (uploads in progress)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed"),
+) -> None:
+    """Remove stored objects that no model, dataset or artifact references any more."""
+    from service.db import make_engine, make_session_factory
+    from service.storage import open_store
+    from service.storage.cleanup import cleanup as run_cleanup
+
+    settings = _settings()
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    report = run_cleanup(sessions=sessions, store=open_store(settings), grace_s=grace_s, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for key in report.removed:
+        console.print(f"{verb} {key}")
+    console.print(
+        f"{report.objects_seen} objects seen, {len(report.removed)} {verb}, "
+        f"{report.kept_recent} kept as younger than {grace_s:g} s"
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Migrate the database (ONNXSMITH_DATABASE_URL) to the given revision."""

@@ -14,6 +14,7 @@ from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import install_handlers
 from service.health import router as health_router
+from service.jobs import links
 from service.jobs.queue import Enqueuer
 from service.jobs.router import router as jobs_router
 from service.model_files.router import router as models_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = make_session_factory(engine)
         app.state.store = open_store(settings)
         app.state.enqueuer = Enqueuer(settings)
+        app.state.link_key = links.secret_key(settings)
         try:
             yield
         finally:

@@ -59,3 +59,8 @@ def _tenant(db: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None
 
 
 TenantDep = Annotated[Tenant, Depends(_tenant)]
+OptionalCredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def unauthorized(detail: str) -> AppError:
+    return _unauthorized(detail)

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs report links. Default: a random key in data_dir/secret.key (set it when several "
+        "machines serve the API).",
+    )
+    report_link_ttl_s: int = Field(default=3600, description="How long a signed report link stays valid.")
     broker_url: str | None = Field(
         default=None,
         description="Celery broker, e.g. redis://127.0.0.1:6379/0. Default: filesystem:// (message files in "

@@ -18,3 +18,12 @@ def list_for_job(db: Session, *, tenant_id: str, job_id: str) -> list[Artifact]:
 
 def get(db: Session, *, tenant_id: str, artifact_id: str) -> Artifact | None:
     return db.scalar(sa.select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant_id == tenant_id))
+
+
+def delete_for_job(db: Session, *, job_id: str) -> list[str]:
+    """Delete a job's artifact rows; returns their blob keys (to release)."""
+    rows = list(db.scalars(sa.select(Artifact).where(Artifact.job_id == job_id)))
+    for row in rows:
+        db.delete(row)
+    db.flush()
+    return [r.blob_key for r in rows]

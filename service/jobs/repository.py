@@ -175,3 +175,8 @@ def waiting_since(db: Session, *, older_than: timedelta, limit: int = 100) -> li
 def count_by_kind_and_status(db: Session) -> list[tuple[str, str, int]]:
     q = sa.select(Job.kind, Job.status, sa.func.count()).group_by(Job.kind, Job.status)
     return [(k, s, int(n)) for k, s, n in db.execute(q)]
+
+
+def delete(db: Session, row: Job) -> None:
+    db.delete(row)
+    db.flush()

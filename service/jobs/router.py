@@ -4,19 +4,30 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from engine.render import render_report
 from service.artifacts import service as artifacts
 from service.artifacts.schemas import ArtifactOut
-from service.deps import SessionDep, SettingsDep, TenantDep
+from service.deps import OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.errors import AppError
-from service.jobs import service
+from service.jobs import links, service
 from service.jobs.schemas import JobCreate, JobOut
-from service.jobs.tables import STATUSES
+from service.jobs.tables import STATUSES, Job
 from service.pagination import CursorQuery, LimitQuery, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("onnxsmith.jobs")
+
+
+def _out(row: Job, request: Request) -> JobOut:
+    """The job resource, with a signed report link when there is a report."""
+    url = None
+    if row.status == "succeeded":
+        settings = request.app.state.settings
+        token = links.make_token(request.app.state.link_key, row.id, row.tenant_id, settings.report_link_ttl_s)
+        url = str(request.url_for("get_report_html", job_id=row.id).include_query_params(token=token))
+    return JobOut.from_row(row, report_url=url)
 
 
 @router.post(
@@ -45,7 +56,7 @@ def submit_job(
     job, created = service.submit(
         db=db, settings=settings, tenant_id=tenant.id, body=body, idempotency_key=idempotency_key
     )
-    out = JobOut.from_row(job).model_dump(mode="json")
+    out = _out(job, request).model_dump(mode="json")
     db.commit()  # the edge: the worker must find the committed row when the message arrives
     if job.status == "queued":
         try:
@@ -68,6 +79,7 @@ def submit_job(
 
 @router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
 def list_jobs(
+    request: Request,
     tenant: TenantDep,
     db: SessionDep,
     limit: LimitQuery = 50,
@@ -78,12 +90,12 @@ def list_jobs(
     rows, next_cursor = service.list_page(
         db=db, tenant_id=tenant.id, limit=limit, cursor=cursor, status=status_, kind=kind
     )
-    return Page[JobOut](items=[JobOut.from_row(r) for r in rows], next_cursor=next_cursor)
+    return Page[JobOut](items=[_out(r, request) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Status, progress and stage of a job")
-def get_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
-    return JobOut.from_row(service.get(db=db, tenant_id=tenant.id, job_id=job_id))
+def get_job(job_id: str, request: Request, tenant: TenantDep, db: SessionDep) -> JobOut:
+    return _out(service.get(db=db, tenant_id=tenant.id, job_id=job_id), request)
 
 
 @router.post(
@@ -93,8 +105,8 @@ def get_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
     summary="Cancel a queued or running job",
     responses={409: {"description": "Already finished"}},
 )
-def cancel_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
-    return JobOut.from_row(service.cancel(db=db, tenant_id=tenant.id, job_id=job_id))
+def cancel_job(job_id: str, request: Request, tenant: TenantDep, db: SessionDep) -> JobOut:
+    return _out(service.cancel(db=db, tenant_id=tenant.id, job_id=job_id), request)
 
 
 @router.get(
@@ -110,3 +122,44 @@ def get_report(job_id: str, tenant: TenantDep, db: SessionDep) -> dict[str, Any]
 def list_artifacts(job_id: str, tenant: TenantDep, db: SessionDep) -> list[ArtifactOut]:
     service.get(db=db, tenant_id=tenant.id, job_id=job_id)
     return [ArtifactOut.model_validate(a) for a in artifacts.list_for_job(db=db, tenant_id=tenant.id, job_id=job_id)]
+
+
+@router.get(
+    "/{job_id}/report.html",
+    response_class=HTMLResponse,
+    summary="The report as a page a person can open",
+    description="Authenticated with the API key, or with the `token` of the job's signed `report_url` (valid for "
+    "`ONNXSMITH_REPORT_LINK_TTL_S`), so the link opens in a browser.",
+    responses={401: {"description": "No key and no valid token"}, 409: {"description": "No report yet"}},
+)
+def get_report_html(
+    job_id: str,
+    db: SessionDep,
+    request: Request,
+    creds: OptionalCredentialsDep,
+    token: Annotated[str | None, Query(max_length=200)] = None,
+) -> HTMLResponse:
+    tenant_id = service.tenant_for_report_link(
+        db=db, job_id=job_id, token=token, key=request.app.state.link_key, creds=creds
+    )
+    job = service.get(db=db, tenant_id=tenant_id, job_id=job_id)
+    report = service.report(db=db, tenant_id=tenant_id, job_id=job_id)
+    page = render_report(report, JobOut.from_row(job).model_dump(mode="json"))
+    return HTMLResponse(
+        page,
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a job and its artifacts",
+    responses={409: {"description": "The job is running: cancel it first"}},
+)
+def delete_job(job_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> Response:
+    service.delete(db=db, store=store, tenant_id=tenant.id, job_id=job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

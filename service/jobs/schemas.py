@@ -42,10 +42,15 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    report_url: str | None = Field(
+        default=None,
+        description="The HTML report, openable without an API key for a short time (succeeded jobs only)",
+    )
 
     @classmethod
-    def from_row(cls, row: Any) -> JobOut:
+    def from_row(cls, row: Any, report_url: str | None = None) -> JobOut:
         out = cls.model_validate(row)
         if row.error_code:
             out.error = JobErrorOut(code=row.error_code, detail=row.error_detail or "")
+        out.report_url = report_url if row.status == "succeeded" else None
         return out

@@ -13,14 +13,20 @@ from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.inspect import ModelInfo
 from engine.jobs import get_kind, kind_names, resolve_roles
+from service.artifacts import repository as artifacts_repo
 from service.datasets import repository as datasets_repo
 from service.db import new_id, utcnow
+from service.deps import unauthorized
 from service.errors import AppError, not_found
+from service.jobs import links
 from service.jobs import repository as repo
 from service.jobs.schemas import ROLES, JobCreate
 from service.jobs.tables import Job
 from service.model_files import repository as models_repo
 from service.settings import Settings
+from service.storage import ObjectStore
+from service.storage import service as blobs
+from service.tenants import service as tenants
 
 # Engine error codes that make a job request unacceptable: problem type for each.
 _REQUEST_PROBLEMS = {
@@ -173,3 +179,28 @@ def report(*, db: Session, tenant_id: str, job_id: str) -> dict[str, Any]:
             extra={"status": job.status},
         )
     return job.report
+
+
+def tenant_for_report_link(*, db: Session, job_id: str, token: str | None, key: bytes, creds: Any) -> str:
+    """Who may read this report page: the holder of a valid signed link, or of an API key."""
+    if token is not None:
+        job = repo.get_any(db, job_id)
+        if job is None or not links.check_token(key, job_id, job.tenant_id, token):
+            raise unauthorized("the report link is invalid or has expired; get a fresh report_url from the job")
+        return job.tenant_id
+    if creds is None:
+        raise unauthorized("missing API key: send 'Authorization: Bearer <key>' or use the job's report_url")
+    tenant = tenants.authenticate(db=db, key=creds.credentials)
+    if tenant is None:
+        raise unauthorized("invalid or revoked API key")
+    return tenant.id
+
+
+def delete(*, db: Session, store: ObjectStore, tenant_id: str, job_id: str) -> None:
+    job = get(db=db, tenant_id=tenant_id, job_id=job_id)
+    if job.status == "running":
+        raise AppError(409, "job-running", f"job {job_id} is running; cancel it first", title="Job running")
+    keys = artifacts_repo.delete_for_job(db, job_id=job_id)
+    repo.delete(db, job)
+    for key in sorted(set(keys)):
+        blobs.release(db=db, store=store, key=key)

@@ -81,6 +81,9 @@ class ObjectStore(Protocol):
     def ping(self) -> None:
         """Raise StoreError if the store cannot be reached."""
 
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        """Every blob key in the store with its last-modified time (epoch seconds)."""
+
 
 def download_via_chunks(store: ObjectStore, key: str, dest: Path, *, sha256: str, size: int) -> None:
     tmp = dest.with_name(dest.name + ".part")

@@ -64,3 +64,15 @@ class LocalStore:
     def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise StoreError(f"store folder {self.root} is not a writable folder")
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for path in base.glob("*/*"):
+            if path.is_file() and not path.name.startswith("."):
+                key = f"sha256/{path.parent.name}/{path.name}"
+                try:
+                    yield check_key(key), path.stat().st_mtime
+                except ValueError:
+                    continue  # not ours

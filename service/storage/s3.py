@@ -95,3 +95,16 @@ class S3Store:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StoreError(f"bucket {self.bucket} is not reachable: {exc}") from exc
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        prefix = f"{self.prefix}/sha256/" if self.prefix else "sha256/"
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
+                    try:
+                        yield check_key(key), obj["LastModified"].timestamp()
+                    except ValueError:
+                        continue
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(f"listing {self.url} failed: {exc}") from exc

@@ -17,9 +17,14 @@ def test_readyz_ok(client) -> None:
 
 def test_readyz_names_what_is_down(db_url, tmp_path, s3_endpoint) -> None:
     settings = Settings(
-        data_dir=tmp_path, database_url=db_url, broker_url="redis://127.0.0.1:1/0",
-        storage_url="s3://no-such-bucket-xyz/p", s3_endpoint_url=s3_endpoint, s3_region="us-east-1",
-        s3_access_key_id="testing", s3_secret_access_key="testing",
+        data_dir=tmp_path,
+        database_url=db_url,
+        broker_url="redis://127.0.0.1:1/0",
+        storage_url="s3://no-such-bucket-xyz/p",
+        s3_endpoint_url=s3_endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
     )
     with TestClient(create_app(settings)) as client:
         r = client.get("/readyz")
@@ -48,10 +53,12 @@ def test_metrics_count_requests_jobs_and_queue(client, auth, tmp_path) -> None:
     client.get("/v1/models/mdl_01m8n0k5rywv9byptk738d4r00", headers=auth)
     client.post("/v1/jobs", headers=auth, json={"kind": "benchmark", "model_id": model["id"]})
     text = client.get("/metrics").text
-    assert _sample(text, "onnxsmith_http_requests_total", method="GET", route="/v1/models/{model_id}",
-                   status="200") == 3
-    assert _sample(text, "onnxsmith_http_requests_total", method="GET", route="/v1/models/{model_id}",
-                   status="404") == 1
+    assert (
+        _sample(text, "onnxsmith_http_requests_total", method="GET", route="/v1/models/{model_id}", status="200") == 3
+    )
+    assert (
+        _sample(text, "onnxsmith_http_requests_total", method="GET", route="/v1/models/{model_id}", status="404") == 1
+    )
     assert _sample(text, "onnxsmith_http_request_duration_seconds_count", method="POST", route="/v1/models") == 1
     assert _sample(text, "onnxsmith_jobs", kind="benchmark", status="queued") == 1
     assert _sample(text, "onnxsmith_jobs", kind="benchmark", status="running") == 0

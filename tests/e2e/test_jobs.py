@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from service.jobs.queue import Enqueuer
 from tests import data_files, onnx_models
@@ -154,6 +155,7 @@ def test_cancel_a_running_job_stops_it_within_seconds(api, worker, tmp_path) -> 
     wait_job(api, job["id"], statuses=("running",))
     while api.get(f"/v1/jobs/{job['id']}").json()["stage"] in ("starting", "fetching inputs"):
         time.sleep(0.1)
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 409  # running: cancel first
     assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     cancelled_at = time.monotonic()
     worker.wait_for(f"job {job['id']}: cancelled or taken over, stopping", timeout=10)
@@ -228,3 +230,40 @@ def test_reconciler_requeues_a_running_job_whose_worker_vanished(api, worker, tm
     done = wait_job(api, job["id"], timeout=30)
     assert done["status"] == "succeeded" and done["attempts"] == 2
     worker.wait_for(f"job {job['id']}: worker stopped responding during attempt 1; re-queued")
+
+
+def test_report_pages_signed_links_and_deletion(api, worker, classifier, tmp_path, e2e_settings, db) -> None:
+    from service.jobs import links
+
+    w, b, x, y, path = classifier
+    model_id = upload_model(api, path)
+    ds_id = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x, y=y))
+    job = wait_job(api, submit(api, kind="evaluate", model_id=model_id, datasets={"eval": ds_id})["id"])
+    bench = wait_job(
+        api, submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1, 8], "runs": 10})["id"]
+    )
+    assert job["report_url"] and bench["report_url"]
+
+    anonymous = TestClient(api.app)  # a browser: no Authorization header
+    page = anonymous.get(job["report_url"])
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Evaluation: classification" in page.text and "Confusion matrix" in page.text and "<svg" in page.text
+    assert "<script" not in page.text and "https://" not in page.text.replace("http://www.w3.org/2000/svg", "")
+    bench_page = anonymous.get(bench["report_url"]).text
+    assert "Latency by batch size" in bench_page and bench_page.count("<polyline") >= 3
+
+    url = f"/v1/jobs/{job['id']}/report.html"
+    assert anonymous.get(url).status_code == 401
+    assert anonymous.get(url, params={"token": "9999999999.deadbeef"}).status_code == 401
+    expired = links.make_token(links.secret_key(e2e_settings), job["id"], "ten_x", ttl_s=-10)
+    assert anonymous.get(url, params={"token": expired}).status_code == 401
+    other_jobs_token = bench["report_url"].split("token=")[1]
+    assert anonymous.get(url, params={"token": other_jobs_token}).status_code == 401
+    assert api.get(url).status_code == 200  # the API key works too
+
+    artifacts = api.get(f"/v1/jobs/{job['id']}/artifacts").json()
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert api.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert api.get(f"/v1/artifacts/{artifacts[0]['id']}/content").status_code == 404
+    blob_rows = db.execute(sa.text("SELECT count(*) FROM blobs WHERE sha256 = :s"), {"s": artifacts[0]["sha256"]})
+    assert blob_rows.scalar() == 0

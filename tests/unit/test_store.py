@@ -88,3 +88,10 @@ def test_large_file_goes_up_in_parts(store, tmp_path: Path) -> None:
 def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file:// or s3://"):
         open_store(Settings(data_dir=tmp_path, storage_url="ftp://example/x"))
+
+
+def test_iter_keys_lists_blobs_with_times(store, tmp_path: Path) -> None:
+    path, sha = _file(tmp_path, b"listed")
+    store.put_file(blob_key(sha), path, sha256=sha, size=6)
+    keys = dict(store.iter_keys())
+    assert list(keys) == [blob_key(sha)] and keys[blob_key(sha)] > 0

@@ -1,0 +1,181 @@
+"""Reports a person can open: one HTML page per job, Jinja2 templates, charts drawn here as inline SVG.
+
+No JavaScript, no CDN, no external fonts: the page works offline and from an e-mail attachment.
+`render_report(report, job)` picks the kind's template (or a generic one that lists the JSON).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e4:
+            return f"{value:,.0f}"
+        if abs(value) < 10 ** -(digits - 1):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _tick(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value / 1000:.3g}k"
+    return _fmt(float(value), 3)
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    x_label: str,
+    y_label: str,
+    log_x: bool = False,
+    width: int = 560,
+    height: int = 300,
+) -> Markup:
+    """Lines with markers: {name: [(x, y), ...]}. x on a log2 scale when log_x (batch sizes)."""
+    import math
+
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return Markup("")
+    left, right, top, bottom = 64, 16, 16, 48
+    fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)
+    xs = [fx(x) for x, _ in points]
+    x_min, x_max = min(xs), max(xs)
+    y_max = max(y for _, y in points) * 1.1 or 1.0
+    if x_max == x_min:
+        x_min, x_max = x_min - 1, x_max + 1
+
+    def px(x: float) -> float:
+        return left + (fx(x) - x_min) / (x_max - x_min) * (width - left - right)
+
+    def py(y: float) -> float:
+        return top + (1 - y / y_max) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}" class="chart">'
+    ]
+    for i in range(5):  # horizontal grid and y ticks
+        y = y_max * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{_tick(y)}</text>')
+    for x in sorted({x for x, _ in points}):
+        parts.append(
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11">{_fmt(x, 4)}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'
+        f"{_esc(x_label)}</text>"
+    )
+    parts.append(
+        f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{_esc(y_label)}</text>'
+    )
+    for i, (name, pts) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        pts = sorted(pts)
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        for x, y in pts:
+            parts.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}">'
+                f"<title>{_esc(name)}: {_fmt(x)} -> {_fmt(y)}</title></circle>"
+            )
+        parts.append(
+            f'<rect x="{left + 8}" y="{top + 4 + 16 * i}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{left + 22}" y="{top + 13 + 16 * i}" font-size="11">{_esc(name)}</text>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
+def heatmap(matrix: list[list[int]], *, row_label: str, col_label: str, cell: int = 28) -> Markup:
+    """A confusion matrix: darker is more; each cell shows its count."""
+    n = len(matrix)
+    if n == 0:
+        return Markup("")
+    peak = max(max(row) for row in matrix) or 1
+    left, top = 48, 40
+    size = left + n * cell + 8
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size} {top + n * cell + 8}" '
+        f'width="{size}" height="{top + n * cell + 8}" role="img" aria-label="confusion matrix" class="chart">',
+        f'<text x="{left + n * cell / 2}" y="12" text-anchor="middle" font-size="12">{_esc(col_label)}</text>',
+    ]
+    for j in range(n):
+        parts.append(
+            f'<text x="{left + j * cell + cell / 2}" y="{top - 8}" text-anchor="middle" font-size="10">{j}</text>'
+        )
+    for i, row in enumerate(matrix):
+        parts.append(
+            f'<text x="{left - 6}" y="{top + i * cell + cell / 2 + 4}" text-anchor="end" font-size="10">{i}</text>'
+        )
+        for j, count in enumerate(row):
+            shade = count / peak
+            fill = f"rgba(37,99,235,{0.08 + 0.92 * shade:.3f})" if count else "#f9fafb"
+            ink = "#fff" if shade > 0.55 else "#111"
+            parts.append(
+                f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell - 1}" height="{cell - 1}" '
+                f'fill="{fill}"><title>{_esc(row_label)} {i}, predicted {j}: {count}</title></rect>'
+            )
+            if count:
+                parts.append(
+                    f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" '
+                    f'text-anchor="middle" font-size="10" fill="{ink}">{count}</text>'
+                )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
+def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    results = report.get("results", [])
+    by_threads: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_threads.setdefault(r["threads"], []).append(r)
+    latency = {
+        f"p50, {t} thread(s)": [(r["batch_size"], r["latency_ms"]["p50"]) for r in rs] for t, rs in by_threads.items()
+    }
+    latency.update(
+        {f"p99, {t} thread(s)": [(r["batch_size"], r["latency_ms"]["p99"]) for r in rs] for t, rs in by_threads.items()}
+    )
+    throughput = {
+        f"{t} thread(s)": [(r["batch_size"], r["throughput_samples_per_s"]) for r in rs] for t, rs in by_threads.items()
+    }
+    log_x = len({r["batch_size"] for r in results}) > 1
+    return {
+        "latency": line_chart(latency, x_label="batch size", y_label="latency (ms)", log_x=log_x),
+        "throughput": line_chart(throughput, x_label="batch size", y_label="samples / s", log_x=log_x),
+    }
+
+
+_env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
+_env.filters["fmt"] = _fmt
+_env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+_env.globals.update(heatmap=heatmap, benchmark_charts=benchmark_charts)
+
+
+def render_report(report: dict[str, Any], job: dict[str, Any]) -> str:
+    """HTML for a job's report. `job` carries id, kind, status, timestamps, model id (display only)."""
+    name = f"{report.get('kind', job.get('kind'))}.html"
+    template = _env.get_template(name if (_TEMPLATES / name).exists() else "generic.html")
+    return template.render(report=report, job=job)
