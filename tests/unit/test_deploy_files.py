@@ -1,0 +1,51 @@
+"""docker compose cannot run here (no Docker engine): keep the compose file and Dockerfile right by reading them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_production_services() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"migrate", "api", "worker", "worker-measure", "postgres", "redis", "minio", "minio-init"}
+    for name in ("api", "postgres", "redis", "minio"):
+        assert "healthcheck" in services[name], name
+    assert "noeviction" in services["redis"]["command"]
+    measure = services["worker-measure"]["command"]
+    assert measure[measure.index("--queues") + 1] == "measure" and measure[measure.index("--concurrency") + 1] == "1"
+    general = services["worker"]["command"]
+    assert "measure" not in general[general.index("--queues") + 1].split(",")
+    for name in ("api", "worker", "worker-measure"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert set(_compose()["volumes"]) >= {"pgdata", "redisdata", "miniodata"}
+
+
+def test_compose_environment_names_real_settings() -> None:
+    env = _compose()["services"]["api"]["environment"]
+    fields = {f"ONNXSMITH_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    assert env["ONNXSMITH_BROKER_URL"].startswith("redis://")
+    assert env["ONNXSMITH_STORAGE_URL"].startswith("s3://")
+    bucket = env["ONNXSMITH_STORAGE_URL"].split("/")[2]
+    assert f"store/{bucket}" in _compose()["services"]["minio-init"]["entrypoint"][-1]
+
+
+def test_dockerfile_runs_as_a_non_root_user_from_a_slim_base() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim$", text, re.M)
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    for folder in ("engine", "service", "workers", "onnxsmith", "alembic"):
+        assert f"COPY {folder} ./{folder}" in text
+    assert "ARG WITH_TRAIN" in text
