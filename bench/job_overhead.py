@@ -1,7 +1,8 @@
 """Job overhead: created_at -> finished_at (server timestamps) of tiny `evaluate` jobs, one after another, on
-PostgreSQL + Redis + one real Celery worker. Run (PostgreSQL and Redis on 127.0.0.1):
+PostgreSQL + Redis + one real Celery worker, or on the embedded default. Run (PostgreSQL and Redis on 127.0.0.1):
 
     .venv/bin/python bench/job_overhead.py --jobs 50
+    .venv/bin/python bench/job_overhead.py --jobs 50 --embedded
 """
 
 from __future__ import annotations
@@ -39,24 +40,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=50)
     ap.add_argument("--redis-db", type=int, default=13)
+    ap.add_argument("--embedded", action="store_true", help="SQLite + filesystem broker instead of PostgreSQL + Redis")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="onnxsmith-overhead-"))
     name = f"onnxsmith_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXSMITH_")}
+    env.update(ONNXSMITH_DATA_DIR=str(work))
+    if args.embedded:
+        url, broker = f"sqlite:///{work / 'onnxsmith.db'}", None
+    else:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+        broker = f"redis://127.0.0.1:6379/{args.redis_db}"
+        redis.Redis.from_url(broker).flushdb()
+        env.update(ONNXSMITH_DATABASE_URL=url, ONNXSMITH_BROKER_URL=broker)
     migrations.upgrade(url)
-    broker = f"redis://127.0.0.1:6379/{args.redis_db}"
-    redis.Redis.from_url(broker).flushdb()
-    env = dict(
-        os.environ,
-        ONNXSMITH_DATA_DIR=str(work),
-        ONNXSMITH_DATABASE_URL=url,
-        ONNXSMITH_BROKER_URL=broker,
-        ONNXSMITH_STORAGE_URL=(work / "store").as_uri(),
-    )
     log = open(work / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
         [sys.executable, "-m", "onnxsmith.cli", "worker", "--concurrency", "1"],
@@ -68,9 +69,7 @@ def main() -> None:
     try:
         while "ready" not in (work / "worker.log").read_text():
             time.sleep(0.2)
-        settings = Settings(
-            data_dir=work, database_url=url, broker_url=broker, storage_url=env["ONNXSMITH_STORAGE_URL"]
-        )
+        settings = Settings(data_dir=work, database_url=None if args.embedded else url, broker_url=broker)
         with TestClient(create_app(settings)) as api:
             api.headers["Authorization"] = f"Bearer {create_key(settings, 'bench')}"
             model = api.post("/v1/models", files={"file": ("m.onnx", onnx_models.mlp(work / "m.onnx").read_bytes())})
@@ -95,11 +94,13 @@ def main() -> None:
     finally:
         worker.terminate()
         worker.wait(20)
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not args.embedded:
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print(
         json.dumps(
             {
+                "backend": "SQLite + filesystem broker (embedded)" if args.embedded else "PostgreSQL + Redis",
                 "jobs": len(overheads),
                 "created_to_finished_ms": {
                     "median": round(statistics.median(overheads), 1),

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from service import migrations, observability
@@ -41,7 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(
+            settings.resolved_database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size
+        )
+        # at most as many handler threads as pooled connections: a thread never waits for a connection
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
         current, head = migrations.current_revision(engine), migrations.head_revision()
         if current != head:
             engine.dispose()

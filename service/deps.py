@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, get_type_hints
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.db import session_scope
 from service.errors import AppError
 from service.settings import Settings
 from service.storage import ObjectStore
@@ -23,18 +26,72 @@ _bearer = HTTPBearer(
 )
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:  # async: no I/O, so no thread hop
     return request.app.state.settings
 
 
-def _store(request: Request) -> ObjectStore:
+async def _store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
-def _session(request: Request) -> Iterator[Session]:
-    # scope="function" (below): commit runs when the handler returns, before the response is sent,
-    # so a failed commit is a 500, never a 2xx for something that was not saved.
-    yield from session_scope(request.app.state.session_factory)
+def _finish(session: Session, failed: bool) -> None:
+    try:
+        if failed:
+            session.rollback()
+        else:
+            session.commit()
+    finally:
+        session.close()
+
+
+async def _session(request: Request) -> AsyncIterator[Session]:
+    """One Session per request. Creating it does no I/O: a connection is taken at the first query, in the
+    handler's thread, and EdgeRoute commits there too, so no connection is held while a request waits for a
+    thread (with more requests than pooled connections that wait could deadlock the pool). Only a failed
+    request's rollback needs a thread hop here."""
+    session = request.app.state.session_factory()
+    try:
+        yield session
+    except BaseException:
+        await run_in_threadpool(_finish, session, True)
+        raise
+    if session.in_transaction():  # a handler that did not go through EdgeRoute
+        await run_in_threadpool(_finish, session, False)
+    else:
+        session.close()
+
+
+def _commit_in_handler_thread(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a sync handler taking `db` so that it commits in its own thread before returning (the edge)."""
+    hints = get_type_hints(endpoint, include_extras=True)
+    signature = inspect.signature(endpoint)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
+
+    @functools.wraps(endpoint)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = endpoint(*args, **kwargs)
+        kwargs["db"].commit()
+        return result
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=hints.get("return", signature.return_annotation)
+    )
+    return wrapper
+
+
+def commit_after(db: Session, value: Any) -> Any:
+    """For async handlers that run their service call in the thread pool: commit in that same thread."""
+    db.commit()
+    return value
+
+
+class EdgeRoute(APIRoute):
+    """Every router uses this route class: sync handlers with a `db` session commit at their end."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint) and "db" in inspect.signature(endpoint).parameters:
+            endpoint = _commit_in_handler_thread(endpoint)
+        super().__init__(path, endpoint, **kwargs)
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Default: SQLite in data_dir.",
     )
+    db_pool_size: int = Field(
+        default=16,
+        description="Pooled database connections per API process (plus as many overflow); the API's thread "
+        "pool gets as many threads as that total, so a thread never waits for a connection.",
+    )
     storage_url: str | None = Field(
         default=None,
         description="file:///abs/path or s3://bucket/prefix. Default: file store in data_dir/store.",

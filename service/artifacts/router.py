@@ -6,9 +6,9 @@ from fastapi.responses import StreamingResponse
 from service.artifacts import service
 from service.artifacts.schemas import ArtifactOut
 from service.content import blob_response
-from service.deps import SessionDep, StoreDep, TenantDep
+from service.deps import EdgeRoute, SessionDep, StoreDep, TenantDep
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], route_class=EdgeRoute)
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut, summary="Get an artifact's metadata")

@@ -7,11 +7,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.content import blob_response
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
-from service.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep, commit_after
 from service.pagination import CursorQuery, LimitQuery, Page
 from service.uploads import multipart_openapi, receive_upload
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=EdgeRoute)
 
 _FIELDS = {
     "name": "Display name (default: the file name without its extension)",
@@ -44,8 +44,9 @@ async def upload_dataset(
     )
     try:
         row, created = await run_in_threadpool(
-            lambda: service.create_from_upload(
-                db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
+            lambda: commit_after(
+                db,
+                service.create_from_upload(db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload),
             )
         )
     finally:

@@ -9,14 +9,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from engine.render import render_report
 from service.artifacts import service as artifacts
 from service.artifacts.schemas import ArtifactOut
-from service.deps import OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from service.deps import EdgeRoute, OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.errors import AppError
 from service.jobs import links, service
 from service.jobs.schemas import JobCreate, JobOut
 from service.jobs.tables import STATUSES, Job
 from service.pagination import CursorQuery, LimitQuery, Page
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=EdgeRoute)
 log = logging.getLogger("onnxsmith.jobs")
 
 
@@ -26,7 +26,7 @@ def _out(row: Job, request: Request) -> JobOut:
     if row.status == "succeeded":
         settings = request.app.state.settings
         token = links.make_token(request.app.state.link_key, row.id, row.tenant_id, settings.report_link_ttl_s)
-        url = str(request.url_for("get_report_html", job_id=row.id).include_query_params(token=token))
+        url = f"{request.base_url}v1/jobs/{row.id}/report.html?token={token}"  # (url_for walks every route)
     return JobOut.from_row(row, report_url=url)
 
 

@@ -5,13 +5,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.content import blob_response
-from service.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep, commit_after
 from service.model_files import service
 from service.model_files.schemas import ModelOut
 from service.pagination import CursorQuery, LimitQuery, Page
 from service.uploads import multipart_openapi, receive_upload
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
 
 
 @router.post(
@@ -37,8 +37,9 @@ async def upload_model(
     )
     try:
         row, created = await run_in_threadpool(
-            lambda: service.create_from_upload(
-                db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
+            lambda: commit_after(
+                db,
+                service.create_from_upload(db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload),
             )
         )
     finally:
