@@ -45,6 +45,10 @@ class ArtifactOut(BaseModel):
     role: str
     filename: str = Field(description="A file the engine wrote in out_dir")
     media_type: str
+    register_as_model: str | None = Field(
+        default=None, description="For an ONNX model: register it as a model named '<original>-<this>'"
+    )
+    model_info: dict[str, Any] | None = Field(default=None, description="Its inspection (engine.inspect)")
 
 
 class ReportBase(BaseModel):
@@ -73,9 +77,9 @@ class JobKind:
 
 
 def _registry() -> dict[str, JobKind]:
-    from engine import benchmark, evaluate
+    from engine import benchmark, evaluate, quantize
 
-    return {k.name: k for k in (evaluate.KIND, benchmark.KIND)}
+    return {k.name: k for k in (evaluate.KIND, benchmark.KIND, quantize.KIND)}
 
 
 KINDS: dict[str, JobKind] = {}

@@ -43,8 +43,10 @@ _PRELOAD = [
     "numpy.ma",
     "onnx",
     "onnxruntime",
+    "onnxruntime.quantization",  # before anything imports onnxruntime.transformers (it edits sys.path)
     "engine.jobs",
     "engine.evaluate",
+    "engine.quantize",
     "engine.benchmark",
     "engine.inspect",
     "engine.datasets",

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.inspect import ModelInfo
-from engine.jobs import DatasetInput, JobInputs, JobOutput, get_kind
+from engine.jobs import DatasetInput, JobInputs, JobOutput
 from engine.sandbox import Limits, run_isolated
 from service.artifacts import repository as artifacts_repo
 from service.artifacts.tables import Artifact
@@ -35,6 +35,7 @@ from service.db import make_engine, make_session_factory, new_id
 from service.jobs import repository as repo
 from service.jobs.tables import FINAL
 from service.model_files import repository as models_repo
+from service.model_files.tables import ModelFile
 from service.settings import Settings, get_settings
 from service.storage import BlobCorrupt, BlobMissing, ObjectStore, StoreError, open_store
 from service.storage import service as blobs
@@ -207,7 +208,6 @@ def _sha256(path: Path) -> str:
 
 def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
     s = ctx.settings
-    kind = get_kind(kind_name)
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=s.tmp_dir, prefix=f"{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
@@ -216,7 +216,7 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
         heartbeat({"progress": 0.0, "stage": "fetching inputs"})
         job, inputs = _fetch_inputs(ctx, job_id, tmp)
         t_fetched = time.perf_counter()
-        threads = min(kind.threads(kind.params.model_validate(job.params)), s.job_threads)
+        threads = s.job_threads  # the most a job may use; the kind's params choose within it
         limits = Limits(memory_mb=s.job_memory_mb, timeout_s=s.job_time_limit_s, threads=threads)
         result = run_isolated(
             "engine.jobs:run_in_child",
@@ -249,6 +249,28 @@ class _ResultDropped(Exception):
     pass
 
 
+def _register_model(db: Session, job: Any, job_id: str, art: Any, sha: str, size: int, key: str) -> str:
+    """A produced model becomes a model of the tenant (source_job_id set), so a chain is another job on it."""
+    existing = models_repo.get_by_sha256(db, tenant_id=job.tenant_id, sha256=sha)
+    if existing is not None:
+        return existing.id
+    original = models_repo.get(db, tenant_id=job.tenant_id, model_id=job.model_id or "")
+    name = f"{original.name if original else 'model'}-{art.register_as_model}"[:200]
+    row = ModelFile(
+        id=new_id("mdl"),
+        tenant_id=job.tenant_id,
+        name=name,
+        filename=Path(art.filename).name,
+        sha256=sha,
+        size_bytes=size,
+        blob_key=key,
+        info=art.model_info or {},
+        source_job_id=job_id,
+    )
+    models_repo.add(db, row)
+    return row.id
+
+
 def _save_outputs(
     ctx: Context, job: Any, job_id: str, attempt: int, out_dir: Path, output: JobOutput, report: dict[str, Any]
 ) -> None:
@@ -272,5 +294,7 @@ def _save_outputs(
                     blob_key=key,
                 ),
             )
+            if art.register_as_model:
+                report["output_model_id"] = _register_model(db, job, job_id, art, sha, size, key)
         if not repo.finish(db, job_id, attempt, status="succeeded", report=report):
             raise _ResultDropped

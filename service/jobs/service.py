@@ -35,6 +35,8 @@ _REQUEST_PROBLEMS = {
     "missing_param": "missing-param",
     "missing_dataset": "missing-dataset",
     "unsupported": "unsupported",
+    "already_quantized": "already-quantized",
+    "nothing_to_quantize": "nothing-to-quantize",
 }
 
 

@@ -267,3 +267,51 @@ def test_report_pages_signed_links_and_deletion(api, worker, classifier, tmp_pat
     assert api.get(f"/v1/artifacts/{artifacts[0]['id']}/content").status_code == 404
     blob_rows = db.execute(sa.text("SELECT count(*) FROM blobs WHERE sha256 = :s"), {"s": artifacts[0]["sha256"]})
     assert blob_rows.scalar() == 0
+
+
+def test_quantize_static_registers_the_quantized_model(api, worker, tmp_path) -> None:
+    import onnxruntime as ort
+
+    model_path = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=64, hidden=128, n_out=10)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(model_path)).run(None, {"x": x})[0].argmax(axis=1)
+    model_id = upload_model(api, model_path)
+    calib = upload_dataset(api, data_files.npz(tmp_path / "calib.npz", x=x[:150]))
+    evald = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x[150:], y=y[150:]))
+    params = {"mode": "static", "runs": 5, "batch_sizes": [1, 8]}
+    job = submit(api, kind="quantize", model_id=model_id, datasets={"calibration": calib, "test": evald}, params=params)
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["comparison"]["metrics"]["accuracy"]["candidate"] > 0.9
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["source_job_id"] == job["id"] and produced["name"] == "mlp-static"
+    assert "DequantizeLinear" in produced["info"]["op_histogram"]
+    content = api.get(f"/v1/models/{produced['id']}/content").content
+    assert len(content) == report["comparison"]["size_bytes"]["candidate"]
+    assert [a["role"] for a in api.get(f"/v1/jobs/{job['id']}/artifacts").json()] == ["model"]
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and "Quantization: static" in page.text
+    # a chain is just another job: quantizing the quantized model again is refused at submit
+    again = api.post("/v1/jobs", json={"kind": "quantize", "model_id": produced["id"], "params": {"mode": "dynamic"}})
+    assert again.status_code == 422 and again.json()["type"].endswith("/already-quantized")
+
+
+def test_quantize_bad_requests(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
+    narrow = upload_dataset(api, data_files.npz(tmp_path / "n.npz", x=np.ones((10, 3))))
+    r = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "static"}})
+    assert r.status_code == 422 and "calibration" in r.json()["detail"]
+    r = api.post(
+        "/v1/jobs",
+        json={
+            "kind": "quantize",
+            "model_id": model_id,
+            "datasets": {"calibration": narrow},
+            "params": {"mode": "static"},
+        },
+    )
+    assert r.status_code == 422 and r.json()["type"].endswith("/incompatible-data")
+    r = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "auto"}})
+    assert r.status_code == 422 and "params.mode" in r.json()["detail"]
