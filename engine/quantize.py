@@ -73,6 +73,9 @@ class QuantizeParams(StrictParams):
     runs: int = Field(default=50, ge=5, le=10000, description="Timed runs of each model per configuration")
     warmup_runs: int = Field(default=5, ge=0, le=1000)
     eval_max_samples: int | None = Field(default=2000, ge=1, description="Eval samples used for metrics")
+    error_table: bool = Field(
+        default=True, description="static QDQ: per-tensor error (ORT's qdq_loss_debug) on a few calibration samples"
+    )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -92,6 +95,11 @@ class QuantizeReport(ReportBase):
     calibration_samples: int | None = None
     output_model: dict[str, Any] = Field(description="File name, size and inspection of the produced model")
     usable: bool = Field(description="False when the produced model's outputs contain inf/NaN")
+    layer_errors: dict[str, Any] | None = Field(
+        default=None,
+        description="static QDQ: the tensors that lose most, as SQNR in dB against the float model (lower is "
+        "worse): activations and weights, worst first",
+    )
 
 
 def _is_quantized(info: ModelInfo) -> bool:
@@ -128,6 +136,9 @@ class _Reader:
 
     def rewind(self) -> None:
         self._it = iter(self.batches)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return iter(self.batches)
 
 
 def _feeds(inputs: JobInputs, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, DatasetSummary]:
@@ -173,6 +184,51 @@ def toposort(graph: onnx.GraphProto) -> None:
         c.CopyFrom(n)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+ERROR_TABLE_SAMPLES = 8  # collecting every intermediate tensor is memory-hungry: a few samples only
+ERROR_TABLE_ROWS = 20
+
+
+def layer_errors(float_path: Path, qdq_path: Path, feeds: dict[str, np.ndarray], batch: int, tmp: Path) -> dict:
+    """Per-tensor SQNR of the QDQ model against the float model (ORT's qdq_loss_debug), worst first."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    aug_f, aug_q = tmp / "float.aug.onnx", tmp / "qdq.aug.onnx"
+    modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
+    modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
+    acts_f = collect_activations(str(aug_f), _Reader(feeds, batch, ERROR_TABLE_SAMPLES))
+    acts_q = collect_activations(str(aug_q), _Reader(feeds, batch, ERROR_TABLE_SAMPLES))
+    errors = compute_activation_error(create_activation_matching(acts_q, acts_f))
+    activations = sorted(
+        (
+            {"tensor": name, "sqnr_db": round(e["xmodel_err"], 2), "qdq_sqnr_db": round(e["qdq_err"], 2)}
+            for name, e in errors.items()
+            if "xmodel_err" in e
+        ),
+        key=lambda r: r["sqnr_db"],
+    )
+    weights = sorted(
+        (
+            {"weight": name, "sqnr_db": round(v, 2)}
+            for name, v in compute_weight_error(create_weight_matching(str(float_path), str(qdq_path))).items()
+        ),
+        key=lambda r: r["sqnr_db"],
+    )
+    for path in (aug_f, aug_q):
+        path.unlink(missing_ok=True)
+    return {
+        "samples": min(ERROR_TABLE_SAMPLES, next(iter(feeds.values())).shape[0]),
+        "activations": activations[:ERROR_TABLE_ROWS],
+        "weights": weights[:ERROR_TABLE_ROWS],
+    }
 
 
 def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: _Reader | None, tmp: Path) -> dict[str, Any]:
@@ -297,6 +353,13 @@ def run(inputs: JobInputs, params: QuantizeParams, progress: Progress) -> tuple[
         out_info = check_and_inspect(str(dst))
     except EngineError as exc:
         raise EngineError("quantization_failed", f"the produced model is not valid: {exc.detail}") from None
+    errors = None
+    if params.mode == "static" and params.quant_format == "QDQ" and params.error_table:
+        progress(0.42, "measuring the error of each tensor")
+        try:
+            errors = layer_errors(src, dst, feeds, batch, out_dir.parent)
+        except Exception as exc:  # a diagnostic: its failure must not fail the job
+            warnings.append(f"the per-tensor error table could not be computed: {str(exc)[:200]}")
     floats = left_in_float(dst) if params.mode != "fp16" else []
     if floats and params.mode != "fp16":
         warnings.append(
@@ -354,6 +417,7 @@ def run(inputs: JobInputs, params: QuantizeParams, progress: Progress) -> tuple[
         calibration_samples=reader.samples if reader else None,
         output_model={"filename": dst.name, "size_bytes": dst.stat().st_size, "info": out_info.model_dump(mode="json")},
         usable=not bad,
+        layer_errors=errors,
     )
     artifacts = [
         ArtifactOut(

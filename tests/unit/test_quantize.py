@@ -80,6 +80,11 @@ def test_static_qdq_u8s8(tmp_path, mlp_case) -> None:
     assert [(p["batch_size"], p["threads"]) for p in cmp["latency_ms"]] == [(1, 1), (8, 1), (1, 2), (8, 2)]
     assert report["calibration_samples"] == 200 and report["usable"] is True
     assert out["artifacts"][0]["register_as_model"] == "static"
+    errors = report["layer_errors"]
+    assert errors["samples"] == 8 and errors["activations"] and errors["weights"]
+    sqnr = [r["sqnr_db"] for r in errors["activations"]]
+    assert sqnr == sorted(sqnr) and all(10 < v < 100 for v in sqnr)  # worst first; int8 keeps ~20-50 dB
+    assert {r["weight"] for r in errors["weights"]} >= {"w1", "w2"}
 
 
 def test_matches_onnxruntime_quantize_static(tmp_path, mlp_case) -> None:
