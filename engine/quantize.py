@@ -215,11 +215,10 @@ def layer_errors(float_path: Path, qdq_path: Path, feeds: dict[str, np.ndarray],
         ),
         key=lambda r: r["sqnr_db"],
     )
+    matching = create_weight_matching(str(float_path), str(qdq_path))
+    nonzero = {k: v for k, v in matching.items() if np.any(v["float"])}  # an all-zero tensor is exact
     weights = sorted(
-        (
-            {"weight": name, "sqnr_db": round(v, 2)}
-            for name, v in compute_weight_error(create_weight_matching(str(float_path), str(qdq_path))).items()
-        ),
+        ({"weight": name, "sqnr_db": round(v, 2)} for name, v in compute_weight_error(nonzero).items()),
         key=lambda r: r["sqnr_db"],
     )
     for path in (aug_f, aug_q):

@@ -147,6 +147,48 @@ def heatmap(matrix: list[list[int]], *, row_label: str, col_label: str, cell: in
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
 
 
+def bars(rows: list[tuple[str, float]], *, value_label: str, width: int = 560, bar: int = 16) -> Markup:
+    """Horizontal bars (e.g. SQNR per layer, worst first); labels are escaped, long ones shortened."""
+    if not rows:
+        return Markup("")
+    left, right, top = 220, 60, 8
+    peak = max(v for _, v in rows) or 1.0
+    height = top + len(rows) * (bar + 4) + 24
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{_esc(value_label)}" class="chart">'
+    ]
+    for i, (label, value) in enumerate(rows):
+        y = top + i * (bar + 4)
+        w = max(1.0, (width - left - right) * max(value, 0.0) / peak)
+        short = label if len(label) <= 34 else label[:15] + "…" + label[-16:]
+        parts.append(
+            f'<text x="{left - 6}" y="{y + bar - 4}" text-anchor="end" font-size="11">{_esc(short)}'
+            f"<title>{_esc(label)}</title></text>"
+        )
+        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{PALETTE[0]}"/>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{_fmt(float(value), 3)}</text>')
+    parts.append(f'<text x="{left}" y="{height - 6}" font-size="12">{_esc(value_label)}</text></svg>')
+    return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
+def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    pairs = report.get("comparison", {}).get("latency_ms", [])
+    series: dict[str, list[tuple[float, float]]] = {}
+    for p in pairs:
+        series.setdefault(f"original, {p['threads']} thread(s)", []).append((p["batch_size"], p["original_ms"]["p50"]))
+        series.setdefault(f"quantized, {p['threads']} thread(s)", []).append(
+            (p["batch_size"], p["candidate_ms"]["p50"])
+        )
+    errors = (report.get("layer_errors") or {}).get("activations", [])
+    return {
+        "latency": line_chart(
+            series, x_label="batch size", y_label="p50 latency (ms)", log_x=len({p["batch_size"] for p in pairs}) > 1
+        ),
+        "errors": bars([(r["tensor"], r["sqnr_db"]) for r in errors], value_label="SQNR dB vs float (lower is worse)"),
+    }
+
+
 def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
     results = report.get("results", [])
     by_threads: dict[int, list[dict[str, Any]]] = {}
@@ -171,7 +213,7 @@ def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
 _env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
 _env.filters["fmt"] = _fmt
 _env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
-_env.globals.update(heatmap=heatmap, benchmark_charts=benchmark_charts)
+_env.globals.update(heatmap=heatmap, benchmark_charts=benchmark_charts, quantize_charts=quantize_charts)
 
 
 def render_report(report: dict[str, Any], job: dict[str, Any]) -> str:

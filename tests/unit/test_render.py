@@ -20,3 +20,11 @@ def test_unknown_kind_falls_back_to_the_json(tmp_path) -> None:
     )
     assert "careful &lt;b&gt;" in page
     assert "&#34;x&#34;: 1" in page or "&quot;x&quot;: 1" in page
+
+
+def test_quantize_page_charts() -> None:
+    from engine.render import bars
+
+    svg = str(bars([("conv0/<x>", 20.5), ("fc", 40.0)], value_label="SQNR"))
+    assert svg.count("<rect") == 2 and "&lt;x&gt;" in svg and "<x>" not in svg
+    assert str(bars([], value_label="x")) == ""
