@@ -17,3 +17,10 @@ CursorQuery = Annotated[
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+
+
+def split_page(rows: list[T], limit: int) -> tuple[list[T], str | None]:
+    """Repositories fetch limit + 1 rows: the extra one says whether there is a next page."""
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1].id  # type: ignore[attr-defined]
+    return rows, None

@@ -11,14 +11,21 @@ import hashlib
 import os
 import tempfile
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
-from fastapi import Request
+from fastapi import Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
+from service.deps import commit_after
 from service.errors import AppError
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
@@ -203,6 +210,29 @@ async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed
         if type(exc).__module__.startswith("python_multipart"):
             raise _bad(f"malformed multipart body: {exc}") from None
         raise
+
+
+async def create_from_request(
+    request: Request,
+    *,
+    db: Session,
+    limit: int,
+    tmp_dir: Path,
+    allowed_fields: set[str],
+    create: Callable[[Upload], tuple[Any, bool]],
+    schema: type[BaseModel],
+    location: str,
+) -> JSONResponse:
+    """The whole upload endpoint: stream the body, run `create` (check, store, row) and commit in one pool
+    thread, always drop the temp file; 201 for a new row, 200 for an existing one."""
+    upload = await receive_upload(request, limit=limit, tmp_dir=tmp_dir, allowed_fields=allowed_fields)
+    try:
+        row, created = await run_in_threadpool(lambda: commit_after(db, create(upload)))
+    finally:
+        upload.discard()
+    body = schema.model_validate(row).model_dump(mode="json")
+    code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return JSONResponse(body, status_code=code, headers={"Location": f"{location}/{row.id}"})
 
 
 def clean_name(name: str | None, filename: str | None, *, default: str) -> str:

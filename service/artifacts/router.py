@@ -7,6 +7,7 @@ from service.artifacts import service
 from service.artifacts.schemas import ArtifactOut
 from service.content import blob_response
 from service.deps import EdgeRoute, SessionDep, StoreDep, TenantDep
+from service.storage import service as blobs
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], route_class=EdgeRoute)
 
@@ -25,7 +26,7 @@ def get_artifact(artifact_id: str, tenant: TenantDep, db: SessionDep) -> Artifac
 def get_artifact_content(artifact_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, artifact_id=artifact_id)
     return blob_response(
-        service.open_content(store=store, row=row),
+        blobs.read(store=store, row=row),
         size=row.size_bytes,
         sha256=row.sha256,
         filename=row.filename,

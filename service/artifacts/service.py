@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from sqlalchemy.orm import Session
 
 from service.artifacts import repository as repo
 from service.artifacts.tables import Artifact
 from service.errors import not_found
-from service.storage import ObjectStore
 
 
 def list_for_job(*, db: Session, tenant_id: str, job_id: str) -> list[Artifact]:
@@ -19,7 +16,3 @@ def get(*, db: Session, tenant_id: str, artifact_id: str) -> Artifact:
     if row is None:
         raise not_found("artifact", artifact_id)
     return row
-
-
-def open_content(*, store: ObjectStore, row: Artifact) -> Iterator[bytes]:
-    return store.iter_chunks(row.blob_key, sha256=row.sha256, size=row.size_bytes)

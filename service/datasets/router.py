@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.content import blob_response
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
-from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep, commit_after
+from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.pagination import CursorQuery, LimitQuery, Page
-from service.uploads import multipart_openapi, receive_upload
+from service.storage import service as blobs
+from service.uploads import create_from_request, multipart_openapi
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=EdgeRoute)
 
@@ -39,21 +39,18 @@ _FIELDS = {
 async def upload_dataset(
     request: Request, tenant: TenantDep, db: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> JSONResponse:
-    upload = await receive_upload(
-        request, limit=settings.max_dataset_bytes, tmp_dir=settings.tmp_dir, allowed_fields=set(_FIELDS)
+    return await create_from_request(
+        request,
+        db=db,
+        limit=settings.max_dataset_bytes,
+        tmp_dir=settings.tmp_dir,
+        allowed_fields=set(_FIELDS),
+        create=lambda upload: service.create_from_upload(
+            db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
+        ),
+        schema=DatasetOut,
+        location="/v1/datasets",
     )
-    try:
-        row, created = await run_in_threadpool(
-            lambda: commit_after(
-                db,
-                service.create_from_upload(db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload),
-            )
-        )
-    finally:
-        upload.discard()
-    body = DatasetOut.model_validate(row).model_dump(mode="json")
-    code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return JSONResponse(body, status_code=code, headers={"Location": f"/v1/datasets/{row.id}"})
 
 
 @router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
@@ -78,7 +75,7 @@ def get_dataset(dataset_id: str, tenant: TenantDep, db: SessionDep) -> DatasetOu
 def get_dataset_content(dataset_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, dataset_id=dataset_id)
     return blob_response(
-        service.open_content(store=store, row=row),
+        blobs.read(store=store, row=row),
         size=row.size_bytes,
         sha256=row.sha256,
         filename=row.filename or f"{row.name}.{row.format}",

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.content import blob_response
-from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep, commit_after
+from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.model_files import service
 from service.model_files.schemas import ModelOut
 from service.pagination import CursorQuery, LimitQuery, Page
-from service.uploads import multipart_openapi, receive_upload
+from service.storage import service as blobs
+from service.uploads import create_from_request, multipart_openapi
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
 
@@ -32,21 +32,18 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
 async def upload_model(
     request: Request, tenant: TenantDep, db: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> JSONResponse:
-    upload = await receive_upload(
-        request, limit=settings.max_model_bytes, tmp_dir=settings.tmp_dir, allowed_fields={"name"}
+    return await create_from_request(
+        request,
+        db=db,
+        limit=settings.max_model_bytes,
+        tmp_dir=settings.tmp_dir,
+        allowed_fields={"name"},
+        create=lambda upload: service.create_from_upload(
+            db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
+        ),
+        schema=ModelOut,
+        location="/v1/models",
     )
-    try:
-        row, created = await run_in_threadpool(
-            lambda: commit_after(
-                db,
-                service.create_from_upload(db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload),
-            )
-        )
-    finally:
-        upload.discard()
-    body = ModelOut.model_validate(row).model_dump(mode="json")
-    code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return JSONResponse(body, status_code=code, headers={"Location": f"/v1/models/{row.id}"})
 
 
 @router.get("", response_model=Page[ModelOut], summary="List models, newest first")
@@ -71,7 +68,7 @@ def get_model(model_id: str, tenant: TenantDep, db: SessionDep) -> ModelOut:
 def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
     return blob_response(
-        service.open_content(store=store, row=row),
+        blobs.read(store=store, row=row),
         size=row.size_bytes,
         sha256=row.sha256,
         filename=f"{row.name}.onnx",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -12,6 +10,7 @@ from service.db import new_id
 from service.errors import not_found
 from service.model_files import repository as repo
 from service.model_files.tables import ModelFile
+from service.pagination import split_page
 from service.sandboxing import check_in_sandbox
 from service.settings import Settings
 from service.storage import ObjectStore
@@ -76,13 +75,7 @@ def get(*, db: Session, tenant_id: str, model_id: str) -> ModelFile:
 
 def list_page(*, db: Session, tenant_id: str, limit: int, cursor: str | None) -> tuple[list[ModelFile], str | None]:
     rows = repo.list_page(db, tenant_id=tenant_id, limit=limit + 1, cursor=cursor)
-    if len(rows) > limit:
-        return rows[:limit], rows[limit - 1].id
-    return rows, None
-
-
-def open_content(*, store: ObjectStore, row: ModelFile) -> Iterator[bytes]:
-    return store.iter_chunks(row.blob_key, sha256=row.sha256, size=row.size_bytes)
+    return split_page(rows, limit)
 
 
 def delete(*, db: Session, store: ObjectStore, tenant_id: str, model_id: str) -> None:

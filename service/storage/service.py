@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +22,11 @@ def store_file(*, db: Session, store: ObjectStore, path: Path, sha256: str, size
     if not store.exists(key):
         store.put_file(key, path, sha256=sha256, size=size)
     return key
+
+
+def read(*, store: ObjectStore, row: Any) -> Iterator[bytes]:
+    """Stream the blob behind a model, dataset or artifact row, verified against its size and sha256."""
+    return store.iter_chunks(row.blob_key, sha256=row.sha256, size=row.size_bytes)
 
 
 def release(*, db: Session, store: ObjectStore, key: str) -> bool:
