@@ -103,12 +103,18 @@ def _unauthorized(detail: str) -> AppError:
     return AppError(401, "unauthorized", detail, title="Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _tenant(db: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
+def authenticated(db: Session, creds: HTTPAuthorizationCredentials | None, *, missing_hint: str = "") -> Tenant:
+    """The tenant of a Bearer API key, or a 401."""
     if creds is None:
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        raise _unauthorized(f"missing API key: send 'Authorization: Bearer <key>'{missing_hint}")
     tenant = tenants.authenticate(db=db, key=creds.credentials)
     if tenant is None:
         raise _unauthorized("invalid or revoked API key")
+    return tenant
+
+
+def _tenant(db: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
+    tenant = authenticated(db, creds)
     # End the read transaction now: an upload may stream for minutes and must not hold a pooled
     # connection (idle in transaction) meanwhile. Nothing is written yet, so this commits nothing.
     db.commit()

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from engine.render import render_report
 from service.artifacts import service as artifacts
 from service.artifacts.schemas import ArtifactOut
-from service.deps import EdgeRoute, OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from service.deps import EdgeRoute, OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep, authenticated
 from service.errors import AppError
 from service.jobs import links, service
 from service.jobs.schemas import JobCreate, JobOut
@@ -139,9 +139,10 @@ def get_report_html(
     creds: OptionalCredentialsDep,
     token: Annotated[str | None, Query(max_length=200)] = None,
 ) -> HTMLResponse:
-    tenant_id = service.tenant_for_report_link(
-        db=db, job_id=job_id, token=token, key=request.app.state.link_key, creds=creds
-    )
+    if token is not None:
+        tenant_id = service.tenant_for_report_link(db=db, job_id=job_id, token=token, key=request.app.state.link_key)
+    else:
+        tenant_id = authenticated(db, creds, missing_hint=" or use the job's report_url").id
     job = service.get(db=db, tenant_id=tenant_id, job_id=job_id)
     report = service.report(db=db, tenant_id=tenant_id, job_id=job_id)
     page = render_report(report, JobOut.from_row(job).model_dump(mode="json"))

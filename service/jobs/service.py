@@ -23,10 +23,10 @@ from service.jobs import repository as repo
 from service.jobs.schemas import ROLES, JobCreate
 from service.jobs.tables import Job
 from service.model_files import repository as models_repo
+from service.pagination import split_page
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage import service as blobs
-from service.tenants import service as tenants
 
 # Engine error codes that make a job request unacceptable: problem type for each.
 _REQUEST_PROBLEMS = {
@@ -148,9 +148,7 @@ def list_page(
     *, db: Session, tenant_id: str, limit: int, cursor: str | None, status: str | None, kind: str | None
 ) -> tuple[list[Job], str | None]:
     rows = repo.list_page(db, tenant_id=tenant_id, limit=limit + 1, cursor=cursor, status=status, kind=kind)
-    if len(rows) > limit:
-        return rows[:limit], rows[limit - 1].id
-    return rows, None
+    return split_page(rows, limit)
 
 
 def cancel(*, db: Session, tenant_id: str, job_id: str) -> Job:
@@ -183,19 +181,12 @@ def report(*, db: Session, tenant_id: str, job_id: str) -> dict[str, Any]:
     return job.report
 
 
-def tenant_for_report_link(*, db: Session, job_id: str, token: str | None, key: bytes, creds: Any) -> str:
-    """Who may read this report page: the holder of a valid signed link, or of an API key."""
-    if token is not None:
-        job = repo.get_any(db, job_id)
-        if job is None or not links.check_token(key, job_id, job.tenant_id, token):
-            raise unauthorized("the report link is invalid or has expired; get a fresh report_url from the job")
-        return job.tenant_id
-    if creds is None:
-        raise unauthorized("missing API key: send 'Authorization: Bearer <key>' or use the job's report_url")
-    tenant = tenants.authenticate(db=db, key=creds.credentials)
-    if tenant is None:
-        raise unauthorized("invalid or revoked API key")
-    return tenant.id
+def tenant_for_report_link(*, db: Session, job_id: str, token: str, key: bytes) -> str:
+    """The tenant whose job a signed report link opens, or a 401."""
+    job = repo.get_any(db, job_id)
+    if job is None or not links.check_token(key, job_id, job.tenant_id, token):
+        raise unauthorized("the report link is invalid or has expired; get a fresh report_url from the job")
+    return job.tenant_id
 
 
 def delete(*, db: Session, store: ObjectStore, tenant_id: str, job_id: str) -> None:
