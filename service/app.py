@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.store = open_store(settings)
-        app.state.enqueuer = Enqueuer(settings)
+        app.state.enqueuer = Enqueuer.for_settings(settings)
         app.state.link_key = links.secret_key(settings)
         try:
             yield

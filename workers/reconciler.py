@@ -18,18 +18,15 @@ from typing import Any
 
 from engine.jobs import get_kind
 from service.jobs import repository as repo
-from service.jobs.queue import Enqueuer, task_name
-from workers.runner import Context, context, transaction
+from service.jobs.queue import Enqueuer
+from workers.runner import Context, context, transaction, worker_lost_detail
 
 log = logging.getLogger("onnxsmith.reconciler")
 
 
-def _send(app: Any, kind: str, job_id: str) -> None:
-    app.send_task(task_name(kind), args=[job_id], queue=get_kind(kind).queue)
-
-
 def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
     ctx = ctx or context()
+    enqueuer = Enqueuer(app)
     s = ctx.settings
     lease = timedelta(seconds=s.job_lease_s)
     counts = {"requeued": 0, "worker_lost": 0, "resent": 0}
@@ -38,16 +35,13 @@ def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
     for job_id, kind, attempt in lost:
         with transaction(ctx) as db:
             if attempt >= s.job_max_attempts:
-                detail = (
-                    f"the job's worker was lost {attempt} time(s) (ONNXSMITH_JOB_MAX_ATTEMPTS="
-                    f"{s.job_max_attempts}); the model or data may crash or exhaust the worker"
-                )
+                detail = worker_lost_detail(attempt, s.job_max_attempts)
                 if repo.give_up(db, job_id, lease=lease, max_attempts=s.job_max_attempts, detail=detail):
                     counts["worker_lost"] += 1
                 continue
             requeued = repo.requeue_lost(db, job_id, attempt, lease=lease)
         if requeued:
-            _send(app, kind, job_id)
+            enqueuer.send(kind=kind, job_id=job_id)
             counts["requeued"] += 1
             log.warning("job %s: worker stopped responding during attempt %d; re-queued", job_id, attempt)
     with transaction(ctx) as db:
@@ -56,12 +50,12 @@ def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
     for job_id, kind in waiting:
         queue = get_kind(kind).queue
         if queue not in depths:
-            depths[queue] = Enqueuer.depth_of(app, queue)
+            depths[queue] = enqueuer.queue_depth(queue)
         if depths[queue] > 0:
             continue  # its message may still be waiting in the queue
         with transaction(ctx) as db:
             repo.mark_enqueued(db, job_id)
-        _send(app, kind, job_id)
+        enqueuer.send(kind=kind, job_id=job_id)
         counts["resent"] += 1
         log.warning("job %s was queued with no message in %s; sent again", job_id, queue)
     return counts

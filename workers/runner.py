@@ -137,6 +137,13 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
         )
 
 
+def worker_lost_detail(attempts: int, max_attempts: int) -> str:
+    return (
+        f"the job's worker was lost {attempts} time(s) (ONNXSMITH_JOB_MAX_ATTEMPTS={max_attempts}); "
+        "the model or data may crash or exhaust the worker"
+    )
+
+
 def _not_claimed(ctx: Context, job_id: str, lease: timedelta, task: Any) -> None:
     s = ctx.settings
     with transaction(ctx) as db:
@@ -147,10 +154,7 @@ def _not_claimed(ctx: Context, job_id: str, lease: timedelta, task: Any) -> None
         if job.status in FINAL:
             log.info("job %s is already %s; redelivered message is a no-op", job_id, job.status)
             return
-        detail = (
-            f"the job's worker was lost {job.attempts} time(s) (ONNXSMITH_JOB_MAX_ATTEMPTS="
-            f"{s.job_max_attempts}); the model or data may crash or exhaust the worker"
-        )
+        detail = worker_lost_detail(job.attempts, s.job_max_attempts)
         if repo.give_up(db, job_id, lease=lease, max_attempts=s.job_max_attempts, detail=detail):
             log.error("job %s failed: worker_lost after %d attempts", job_id, job.attempts)
             return

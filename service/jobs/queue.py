@@ -13,12 +13,16 @@ def task_name(kind: str) -> str:
 
 
 class Enqueuer:
-    """A producer-only Celery app, built once per API process."""
+    """Sends job messages through a Celery app: a producer-only one in the API, the worker's own in workers."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Enqueuer:
         from workers.app import make_celery
 
-        self.app: Any = make_celery(settings)
+        return cls(make_celery(settings))
 
     def send(self, *, kind: str, job_id: str) -> None:
         self.app.send_task(task_name(kind), args=[job_id], queue=get_kind(kind).queue)
@@ -28,10 +32,6 @@ class Enqueuer:
             conn.ensure_connection(max_retries=1, timeout=3)
 
     def queue_depth(self, queue: str) -> int:
-        return self.depth_of(self.app, queue)
-
-    @staticmethod
-    def depth_of(app: Any, queue: str) -> int:
         """Messages waiting in a queue (declared if missing); reserved and running ones are not counted."""
-        with app.connection_for_read() as conn:
+        with self.app.connection_for_read() as conn:
             return int(conn.default_channel.queue_declare(queue=queue, passive=False).message_count)

@@ -119,7 +119,7 @@ def test_redelivered_message_for_a_finished_job_is_a_noop(api, worker, tmp_path,
     model_id = upload_model(api, onnx_models.mlp(tmp_path / "m.onnx"))
     done = wait_job(api, submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5})["id"])
     assert done["status"] == "succeeded"
-    Enqueuer(e2e_settings).send(kind="benchmark", job_id=done["id"])
+    Enqueuer.for_settings(e2e_settings).send(kind="benchmark", job_id=done["id"])
     worker.wait_for(f"job {done['id']} is already succeeded; redelivered message is a no-op")
     again = api.get(f"/v1/jobs/{done['id']}").json()
     assert (again["attempts"], again["finished_at"], again["status"]) == (1, done["finished_at"], "succeeded")
