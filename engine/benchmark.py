@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from engine import binding
-from engine.datasets import DatasetSummary, load_samples
+from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.inspect import ModelInfo, TensorSpec
 from engine.jobs import ArtifactOut, JobInputs, JobKind, Progress, ReportBase, StrictParams
@@ -63,7 +62,7 @@ class BenchmarkReport(ReportBase):
     note: str = "latency is the wall time of one InferenceSession.run call (ms) on the CPU execution provider"
 
 
-def _synthetic(spec: TensorSpec, batch: int, dim_values: dict[str, int], rng: np.random.Generator) -> np.ndarray:
+def synthetic_input(spec: TensorSpec, batch: int, dim_values: dict[str, int], rng: np.random.Generator) -> np.ndarray:
     if spec.shape is None:
         raise EngineError("unsupported", f"input {spec.name!r} has no known rank; benchmark it with a dataset")
     shape = []
@@ -94,15 +93,13 @@ def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: Benc
         return
     rng = np.random.default_rng(0)
     for spec in info.inputs:
-        _synthetic(spec, 1, params.dim_values, rng)
+        synthetic_input(spec, 1, params.dim_values, rng)
 
 
 def _feeds_for(inputs: JobInputs, params: BenchmarkParams) -> tuple[dict[str, np.ndarray] | None, str]:
-    ds = inputs.datasets.get("eval")
-    if ds is None:
+    if "eval" not in inputs.datasets:
         return None, "synthetic"
-    arrays, _ = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]
-    return binding.bind(binding.plan(inputs.model_info.inputs, ds.summary), arrays), "dataset"
+    return inputs.feeds("eval")[0], "dataset"
 
 
 def _batch_from(data: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -155,7 +152,7 @@ def run(inputs: JobInputs, params: BenchmarkParams, progress: Progress) -> tuple
         if data is not None:
             feeds = _batch_from(data, batch)
         else:
-            feeds = {s.name: _synthetic(s, batch, params.dim_values, rng) for s in info.inputs}
+            feeds = {s.name: synthetic_input(s, batch, params.dim_values, rng) for s in info.inputs}
         try:
             times = measure(session, feeds, params.warmup_runs, params.runs, params.max_seconds_per_config)
         except EngineError:

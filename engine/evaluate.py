@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from engine import binding
-from engine.datasets import DatasetSummary, load_samples
+from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.inspect import ModelInfo
 from engine.jobs import ArtifactOut, JobInputs, JobKind, Progress, ReportBase, StrictParams
@@ -150,9 +150,8 @@ def run(inputs: JobInputs, params: EvaluateParams, progress: Progress) -> tuple[
     info = inputs.model_info
     output = pick_output(info, params.output)
     progress(0.02, "loading data")
-    arrays, y = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]
+    feeds, y = inputs.feeds("eval")
     assert y is not None and ds.summary.label is not None
-    feeds = binding.bind(binding.plan(info.inputs, ds.summary), arrays)
     if params.max_samples is not None:
         feeds = {k: v[: params.max_samples] for k, v in feeds.items()}
         y = y[: params.max_samples]

@@ -18,6 +18,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, helper
 from pydantic import BaseModel, Field
 
 from engine.errors import EngineError
+from engine.runtime import session_options
 
 # Ops whose multiply-accumulates are counted: op type -> (index of the data input, index of the weight input).
 _MAC_OPS = {
@@ -195,12 +196,7 @@ def check_runtime(path: Path, threads: int = 1) -> None:
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    options = session_options(threads, optimize=False, prepack=False)
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own pybind exception types

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.datasets import DatasetSummary
+from engine import binding
+from engine.datasets import DatasetSummary, load_samples
 from engine.errors import EngineError
 from engine.inspect import ModelInfo
 from engine.machine import MachineInfo
@@ -39,6 +42,12 @@ class JobInputs(BaseModel):
     datasets: dict[str, DatasetInput] = Field(description="By role, already resolved (eval <- test <- validation)")
     out_dir: str
     max_threads: int = 1
+
+    def feeds(self, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The dataset of `role` as model feeds (binding rules of engine.binding) and its labels, if any."""
+        ds = self.datasets[role]
+        arrays, labels = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]
+        return binding.bind(binding.plan(self.model_info.inputs, ds.summary), arrays), labels
 
 
 class ArtifactOut(BaseModel):

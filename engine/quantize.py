@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from engine import binding
 from engine.compare import Comparison, compare
-from engine.datasets import DatasetSummary, load_samples
+from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import pick_output
 from engine.inspect import ModelInfo, check_and_inspect
@@ -142,16 +142,14 @@ class _Reader:
 
 
 def _feeds(inputs: JobInputs, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, DatasetSummary]:
-    ds = inputs.datasets[role]
-    arrays, y = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]
-    return binding.bind(binding.plan(inputs.model_info.inputs, ds.summary), arrays), y, ds.summary
+    return (*inputs.feeds(role), inputs.datasets[role].summary)
 
 
 def _synthetic_feeds(info: ModelInfo, n: int) -> dict[str, np.ndarray]:
-    from engine.benchmark import _synthetic
+    from engine.benchmark import synthetic_input
 
     rng = np.random.default_rng(0)
-    return {s.name: _synthetic(s, n, {}, rng) for s in info.inputs}
+    return {s.name: synthetic_input(s, n, {}, rng) for s in info.inputs}
 
 
 def left_in_float(path: Path) -> list[str]:

@@ -10,7 +10,8 @@ import numpy as np
 from engine.errors import EngineError
 
 
-def make_session(model_path: str, threads: int = 1, optimize: bool = True) -> Any:
+def session_options(threads: int = 1, *, optimize: bool = True, prepack: bool = True) -> Any:
+    """Explicit thread counts always; optimizations and weight prepacking can be turned off (a load check)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -19,8 +20,16 @@ def make_session(model_path: str, threads: int = 1, optimize: bool = True) -> An
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+def make_session(model_path: str, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise EngineError("invalid_model", f"ONNX Runtime cannot load the model: {str(exc)[:500]}") from None
 

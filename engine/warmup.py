@@ -10,6 +10,8 @@ from __future__ import annotations
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from engine.runtime import session_options
+
 
 def _warm_up() -> None:
     graph = helper.make_graph(
@@ -20,10 +22,7 @@ def _warm_up() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
     del session
 
 
