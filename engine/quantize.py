@@ -128,6 +128,12 @@ class _Reader:
     def __init__(self, feeds: dict[str, np.ndarray], batch: int, max_samples: int) -> None:
         n = min(next(iter(feeds.values())).shape[0], max_samples)
         self.batches = [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+        if len(self.batches) % CALIB_MERGE_EVERY == 0 and next(iter(self.batches[-1].values())).shape[0] > 1:
+            # ORT merges and clears collected ranges every CALIB_MERGE_EVERY batches and then fails with "No data
+            # is collected" when nothing is left after the last merge: split the last batch in two.
+            last = self.batches.pop()
+            half = next(iter(last.values())).shape[0] // 2
+            self.batches += [{k: v[:half] for k, v in last.items()}, {k: v[half:] for k, v in last.items()}]
         self.samples = n
         self._it = iter(self.batches)
 
@@ -184,6 +190,7 @@ def toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(copies)
 
 
+CALIB_MERGE_EVERY = 8
 ERROR_TABLE_SAMPLES = 8  # collecting every intermediate tensor is memory-hungry: a few samples only
 ERROR_TABLE_ROWS = 20
 
@@ -277,7 +284,7 @@ def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: _Reader
     extra: dict[str, Any] = {
         "ActivationSymmetric": params.activation_symmetric,
         "WeightSymmetric": params.weight_symmetric,
-        "CalibMaxIntermediateOutputs": 8,  # bounded memory: ranges are merged every 8 batches
+        "CalibMaxIntermediateOutputs": CALIB_MERGE_EVERY,  # bounded memory: ranges merged every few batches
     }
     method = CalibrationMethod.MinMax
     if params.calibration_method == "percentile":

@@ -170,3 +170,11 @@ def test_too_few_calibration_samples_warn(tmp_path) -> None:
     calib = data_files.npz(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((8, 64)))
     report = run_in_child("quantize", _inputs(tmp_path, model, calibration=calib), {"mode": "static", **PARAMS})
     assert any("only 8 calibration samples" in w for w in report["report"]["warnings"])
+
+
+def test_calibration_batch_count_that_is_a_multiple_of_the_merge_interval(tmp_path) -> None:
+    """256 samples in batches of 16 = 16 batches: ORT used to be left with no data after its last merge."""
+    model = onnx_models.mlp(tmp_path / "m.onnx")
+    calib = data_files.npz(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((256, 64)))
+    report = run_in_child("quantize", _inputs(tmp_path, model, calibration=calib), {"mode": "static", **PARAMS})
+    assert report["report"]["calibration_samples"] == 256
