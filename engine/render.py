@@ -172,6 +172,66 @@ def bars(rows: list[tuple[str, float]], *, value_label: str, width: int = 560, b
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
 
 
+def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: int = 560, height: int = 320) -> Markup:
+    """Trials as points {x, y, label, front, chosen}: the Pareto front filled and joined, the chosen one ringed."""
+    if not points:
+        return Markup("")
+    left, right, top, bottom = 64, 16, 16, 48
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    x_min, x_max = min(xs + [0.0]), max(xs) * 1.08 or 1.0
+    y_lo, y_hi = min(ys), max(ys)
+    pad = (y_hi - y_lo) * 0.1 or abs(y_hi) * 0.01 or 0.01
+    y_min, y_max = y_lo - pad, y_hi + pad
+
+    def px(x: float) -> float:
+        return left + (x - x_min) / (x_max - x_min) * (width - left - right)
+
+    def py(y: float) -> float:
+        return top + (1 - (y - y_min) / (y_max - y_min)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}" class="chart">'
+    ]
+    for i in range(5):
+        y = y_min + (y_max - y_min) * i / 4
+        x = x_min + (x_max - x_min) * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{_fmt(y, 4)}</text>')
+        parts.append(
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11">{_fmt(x, 3)}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'
+        f"{_esc(x_label)}</text>"
+        f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{_esc(y_label)}</text>'
+    )
+    front = sorted((p for p in points if p.get("front")), key=lambda p: p["x"])
+    if len(front) > 1:
+        path = " ".join(f"{px(p['x']):.1f},{py(p['y']):.1f}" for p in front)
+        parts.append(f'<polyline fill="none" stroke="{PALETTE[2]}" stroke-width="1.5" points="{path}"/>')
+    for p in points:
+        color = PALETTE[2] if p.get("front") else "#9ca3af"
+        fill = color if p.get("front") else "#fff"
+        parts.append(
+            f'<circle cx="{px(p["x"]):.1f}" cy="{py(p["y"]):.1f}" r="5" fill="{fill}" stroke="{color}" '
+            f'stroke-width="2"><title>{_esc(p["label"])}: {_fmt(p["x"])}, {_fmt(p["y"])}</title></circle>'
+        )
+        if p.get("chosen"):
+            parts.append(
+                f'<circle cx="{px(p["x"]):.1f}" cy="{py(p["y"]):.1f}" r="10" fill="none" stroke="{PALETTE[1]}" '
+                'stroke-width="2"/>'
+            )
+    parts.append(
+        f'<circle cx="{left + 12}" cy="{top + 8}" r="5" fill="{PALETTE[2]}"/><text x="{left + 22}" y="{top + 12}" '
+        f'font-size="11">Pareto front</text><circle cx="{left + 112}" cy="{top + 8}" r="8" fill="none" '
+        f'stroke="{PALETTE[1]}" stroke-width="2"/><text x="{left + 126}" y="{top + 12}" font-size="11">chosen</text>'
+    )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
 def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
     pairs = report.get("comparison", {}).get("latency_ms", [])
     series: dict[str, list[tuple[float, float]]] = {}
@@ -181,7 +241,32 @@ def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
             (p["batch_size"], p["candidate_ms"]["p50"])
         )
     errors = (report.get("layer_errors") or {}).get("activations", [])
+    auto = report.get("auto") or {}
+    trials = [t for t in auto.get("trials", []) if t.get("status") == "measured" and t.get("metric") is not None]
+    metric = auto.get("goal_metric", "metric")
+
+    def points(x: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "x": x(t),
+                "y": t["metric"],
+                "label": f"{t['index']}: {t['name']}",
+                "front": t.get("pareto"),
+                "chosen": t["index"] == auto.get("chosen"),
+            }
+            for t in trials
+            if x(t) is not None
+        ]
+
     return {
+        "trials_latency": scatter(
+            points(lambda t: 1 / t["speedup"] if t.get("speedup") else None),
+            x_label="latency vs original (batch 1, 1 thread; lower is faster)",
+            y_label=f"{metric} on eval",
+        ),
+        "trials_size": scatter(
+            points(lambda t: t.get("size_ratio")), x_label="size vs original", y_label=f"{metric} on eval"
+        ),
         "latency": line_chart(
             series, x_label="batch size", y_label="p50 latency (ms)", log_x=len({p["batch_size"] for p in pairs}) > 1
         ),

@@ -314,4 +314,31 @@ def test_quantize_bad_requests(api, worker, tmp_path) -> None:
     )
     assert r.status_code == 422 and r.json()["type"].endswith("/incompatible-data")
     r = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "auto"}})
-    assert r.status_code == 422 and "params.mode" in r.json()["detail"]
+    assert r.status_code == 422 and "eval" in r.json()["detail"] and r.json()["type"].endswith("/missing-dataset")
+    for bad in ({"max_accuracy_drop": -0.1}, {"objective": "speed"}, {"auto_modes": []}, {"max_trials": 0}):
+        r = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "auto", **bad}})
+        assert r.status_code == 422 and f"params.{next(iter(bad))}" in r.json()["detail"], (bad, r.json())
+
+
+def test_quantize_auto_reports_every_trial_and_registers_the_choice(api, worker, tmp_path) -> None:
+    import onnxruntime as ort
+
+    model_path = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=64, hidden=128, n_out=10)
+    x = np.random.default_rng(2).standard_normal((300, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(model_path)).run(None, {"x": x})[0].argmax(axis=1)
+    model_id = upload_model(api, model_path)
+    train = upload_dataset(api, data_files.npz(tmp_path / "train.npz", x=x[:150]))
+    val = upload_dataset(api, data_files.npz(tmp_path / "val.npz", x=x[150:], y=y[150:]))
+    params = {"mode": "auto", "runs": 5, "batch_sizes": [1], "trial_runs": 5, "max_trials": 4}
+    job = submit(api, kind="quantize", model_id=model_id, datasets={"train": train, "validation": val}, params=params)
+    done = wait_job(api, job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    auto = report["auto"]
+    assert len(auto["trials"]) == 4 and "trial budget" in auto["stopped_because"]
+    chosen = auto["trials"][auto["chosen"]]
+    assert auto["goal_met"] == chosen["meets_goal"]
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["name"] == f"mlp-auto-{chosen['mode']}" and produced["source_job_id"] == job["id"]
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and f"auto, chose {chosen['mode']}" in page.text and "Pareto front" in page.text

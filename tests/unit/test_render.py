@@ -28,3 +28,39 @@ def test_quantize_page_charts() -> None:
     svg = str(bars([("conv0/<x>", 20.5), ("fc", 40.0)], value_label="SQNR"))
     assert svg.count("<rect") == 2 and "&lt;x&gt;" in svg and "<x>" not in svg
     assert str(bars([], value_label="x")) == ""
+
+
+def test_auto_quantize_page_shows_every_trial_and_the_front() -> None:
+    from engine.render import scatter
+
+    trial = {"status": "measured", "error": None, "refines": None, "non_finite_values": 0, "seconds": 1.0}
+    trials = [
+        dict(trial, index=0, name="dynamic <int8>", metric=0.97, drop=0.01, cosine=0.999, speedup=1.5,
+             size_ratio=0.27, meets_goal=True, pareto=True),
+        dict(trial, index=1, name="static U8S8", metric=0.90, drop=0.08, cosine=0.99, speedup=2.0,
+             size_ratio=0.26, meets_goal=False, pareto=True),
+        dict(trial, index=2, name="fp16", metric=0.97, drop=0.0, cosine=1.0, speedup=0.9, size_ratio=0.5,
+             meets_goal=True, pareto=False),
+        dict(trial, index=3, name="static U8S8, 1 node(s) in float", status="failed", error="boom", metric=None,
+             drop=None, cosine=None, speedup=None, size_ratio=None, meets_goal=False, pareto=False, refines=1),
+    ]  # fmt: skip
+    comparison = {
+        "size_bytes": {"original": 100, "candidate": 27, "ratio": 0.27},
+        "latency_ms": [],
+        "metrics": None,
+        "fidelity": [],
+        "eval_samples": 10,
+    }
+    report = {
+        "kind": "quantize", "schema_version": 1, "warnings": [], "mode": "dynamic", "requested_mode": "auto",
+        "usable": True, "config": {}, "comparison": comparison, "quantization_seconds": 1.0, "left_in_float": [],
+        "auto": {"goal": "accuracy drops by at most 0.01", "goal_metric": "accuracy", "original_metric": 0.98,
+                 "objective": "latency", "trials": trials, "chosen": 0, "goal_met": True,
+                 "stopped_because": "every candidate was tried", "skipped": ["x: y"]},
+    }  # fmt: skip
+    page = render_report(report, dict(JOB, kind="quantize"))
+    assert "Quantization: auto, chose dynamic" in page and "4 trials, goal met" in page
+    assert "dynamic &lt;int8&gt;" in page and "boom" in page and "repairs #1" in page
+    assert page.count('class="chosen"') == 1
+    svg = str(scatter([{"x": 1.0, "y": 0.9, "label": "a", "front": True, "chosen": True}], x_label="x", y_label="y"))
+    assert svg.count("<circle") == 4  # the point, its ring, and the two legend marks
