@@ -1,117 +1,152 @@
-"""Quantization on this machine: every mode on a conv stack and an MLP, through the engine's quantize kind
-(the same code a job runs), compared with fp32 by the shared comparison block. Run:
+"""Quantization on this machine: every mode and auto's choice on four models (bench/models.py), through the
+engine's quantize kind (the code a job runs), each compared with fp32 by the shared comparison block. Run:
 
-    .venv/bin/python bench/quantize.py
+    .venv/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn: the digits models are trained here
+    .venv/bin/python bench/quantize.py [--models digits_mlp,digits_cnn,resnet18_like,transformer] [--runs 20]
 
-The conv stack: 8 Conv 3x3 (64 channels, ReLU) on 3x32x32 inputs, then global average pooling and a 64->10 Gemm,
-random weights (He init). It is ResNet-like in its op mix, not a ResNet (no residual adds, no BatchNorm).
-Random weights mean fidelity is reported, accuracy is not. Calibration: 64 random samples.
+Digits models: calibration on the first 256 training images, metrics on the 540 test images (fixed split).
+ResNet-18-like and transformer: random weights, so fidelity only; calibration on 128 and eval on 256 random
+normal inputs. Prints one JSON line per result and a Markdown table at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import models  # noqa: E402
 from engine.datasets import inspect_dataset  # noqa: E402
 from engine.inspect import check_and_inspect  # noqa: E402
 from engine.jobs import run_in_child  # noqa: E402
-from tests import data_files, onnx_models  # noqa: E402
+from tests import data_files  # noqa: E402
+
+MODES = [
+    ("dynamic", {"mode": "dynamic"}),
+    ("static U8S8", {"mode": "static"}),
+    ("static S8S8", {"mode": "static", "activation_type": "int8"}),
+    ("fp16", {"mode": "fp16"}),
+    ("auto", {"mode": "auto"}),
+]
 
 
-def conv_stack(path: Path, layers: int = 8, ch: int = 64, hw: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    inits, nodes, prev, cin = [], [], "x", 3
-    for i in range(layers):
-        w = (rng.standard_normal((ch, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(ch, np.float32), f"b{i}")]
-        nodes += [
-            helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
-        ]
-        prev, cin = f"r{i}", ch
-    fc = rng.standard_normal((ch, 10)).astype(np.float32) * 0.1
-    inits += [numpy_helper.from_array(fc, "fc"), numpy_helper.from_array(np.zeros(10, np.float32), "fcb")]
-    nodes += [
-        helper.make_node("GlobalAveragePool", [prev], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"], name="fc"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "convstack",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, hw, hw])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+def cases(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
+    out = {}
+    rng = np.random.default_rng(1)
+    if any(n.startswith("digits") for n in names):
+        split = models.digits_split()
+        calib = data_files.npz(work / "digits-calib.npz", x=split["x_train"][:256])
+        test = data_files.npz(work / "digits-test.npz", x=split["x_test"], y=split["y_test"])
+        if "digits_mlp" in names:
+            out["digits_mlp"] = (models.digits_mlp(work / "digits_mlp.onnx", split), calib, test)
+        if "digits_cnn" in names:
+            out["digits_cnn"] = (models.digits_cnn(work / "digits_cnn.onnx", split), calib, test)
+    for name, build, shape in (
+        ("resnet18_like", models.resnet18_like, (3, 64, 64)),
+        ("transformer", models.transformer_encoder, (64, 256)),
+    ):
+        if name in names:
+            calib = data_files.npz(work / f"{name}-calib.npz", x=rng.standard_normal((128, *shape)).astype(np.float32))
+            evald = data_files.npz(work / f"{name}-eval.npz", x=rng.standard_normal((256, *shape)).astype(np.float32))
+            out[name] = (build(work / f"{name}.onnx"), calib, evald)
+    return out
 
 
-def run(model: Path, calib: Path, mode: str, extra: dict, work: Path) -> dict:
-    out = work / f"out-{model.stem}-{mode}-{len(extra)}-{sorted(extra.items())!s:.40}".replace(" ", "")
+def run(model: Path, calib: Path, evald: Path, params: dict, work: Path, runs: int) -> dict:
+    out = Path(tempfile.mkdtemp(dir=work)) / "out"
     out.mkdir()
-    summary = inspect_dataset(str(calib), "npz", "samples", None).model_dump(mode="json")
-    ds = {"path": str(calib), "format": "npz", "label": None, "summary": summary}
+    datasets = {}
+    for role, path in (("calibration", calib), ("eval", evald)):
+        summary = inspect_dataset(str(path), "npz", "samples", None)
+        label = summary.label.name if summary.label else None
+        datasets[role] = {
+            "path": str(path),
+            "format": "npz",
+            "label": label,
+            "summary": summary.model_dump(mode="json"),
+        }
     inputs = {
         "model_path": str(model),
         "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": {"calibration": ds},
+        "datasets": datasets,
         "out_dir": str(out),
         "max_threads": 2,
     }
-    params = {"mode": mode, "batch_sizes": [1, 8], "threads": [1, 2], "runs": 15, "warmup_runs": 3, **extra}
-    report = run_in_child("quantize", inputs, params)["report"]
+    full = {"batch_sizes": [1, 32], "threads": [1, 2], "runs": runs, "warmup_runs": 3, "trial_runs": runs, **params}
+    started = time.perf_counter()
+    report = run_in_child("quantize", inputs, full)["report"]
+    wall = time.perf_counter() - started
     c = report["comparison"]
-    return {
-        "mode": mode,
-        **extra,
+    speed = {f"b{p['batch_size']}/t{p['threads']}": round(p["speedup_p50"], 2) for p in c["latency_ms"]}
+    row = {
+        "mode": report["mode"],
         "size_ratio": round(c["size_bytes"]["ratio"], 3),
-        "speedup_p50": {f"b{p['batch_size']}/t{p['threads']}": round(p["speedup_p50"], 2) for p in c["latency_ms"]},
+        "speedup_p50": speed,
         "fp32_p50_ms": {
             f"b{p['batch_size']}/t{p['threads']}": round(p["original_ms"]["p50"], 2) for p in c["latency_ms"]
         },
-        "cosine": round(c["fidelity"][0]["cosine"], 4),
+        "cosine": round(c["fidelity"][0]["cosine"], 5),
+        "top1_agreement": c["fidelity"][0]["top1_agreement"],
         "quantization_s": report["quantization_seconds"],
+        "job_wall_s": round(wall, 1),
     }
+    if c.get("metrics"):
+        acc = c["metrics"]["accuracy"]
+        row["accuracy"] = [round(acc["original"], 4), round(acc["candidate"], 4)]
+        row["accuracy_delta_points"] = round(100 * acc["delta"]["value"], 2)
+        row["delta_ci95_points"] = [round(100 * v, 2) for v in acc["delta"]["ci95"]]
+    if report.get("auto"):
+        a = report["auto"]
+        row["auto"] = {
+            "chosen": a["trials"][a["chosen"]]["name"],
+            "goal": a["goal"],
+            "goal_met": a["goal_met"],
+            "trials": [
+                (t["name"], t["status"], t["metric"] and round(t["metric"], 4), t["speedup"] and round(t["speedup"], 2))
+                for t in a["trials"]
+            ],
+            "stopped_because": a["stopped_because"],
+        }
+    return row
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="digits_mlp,digits_cnn,resnet18_like,transformer")
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="onnxsmith-qbench-"))
-    rng = np.random.default_rng(1)
-    results = {}
-    cases = {
-        "conv stack": (conv_stack(work / "conv.onnx"), rng.standard_normal((64, 3, 32, 32)).astype(np.float32)),
-        "MLP 256-512-10": (
-            onnx_models.mlp(work / "mlp.onnx", n_in=256, hidden=512, n_out=10),
-            rng.standard_normal((64, 256)).astype(np.float32),
-        ),
-    }
-    for name, (model, x) in cases.items():
-        calib = data_files.npz(work / f"{model.stem}-calib.npz", x=x)
-        rows = []
-        for mode, extra in [
-            ("static", {}),
-            ("static", {"activation_type": "int8"}),
-            ("dynamic", {}),
-            ("dynamic", {"op_types": ["Conv", "MatMul", "Gemm"]}),
-            ("fp16", {}),
-        ]:
-            rows.append(run(model, calib, mode, extra, work))
-            print(name, json.dumps(rows[-1]), flush=True)
-        results[name] = rows
-    print(json.dumps(results, indent=1))
+    table = []
+    for name, (model, calib, evald) in cases(work, args.models.split(",")).items():
+        for label, params in MODES:
+            row = run(model, calib, evald, params, work, args.runs)
+            print(name, label, json.dumps(row), flush=True)
+            table.append((name, label, row))
+    print(
+        "\n| model | mode | size | speed-up b1/1t | b1/2t | b32/1t | b32/2t | accuracy change (pt) | cosine | "
+        "quantize s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, label, r in table:
+        s = r["speedup_p50"]
+        acc = (
+            f"{r['accuracy_delta_points']:+.2f} [{r['delta_ci95_points'][0]:+.2f}, {r['delta_ci95_points'][1]:+.2f}]"
+            if "accuracy_delta_points" in r
+            else "—"
+        )
+        chosen = f" → {r['auto']['chosen']}" if "auto" in r else ""
+        print(
+            f"| {name} | {label}{chosen} | {r['size_ratio']:.3f} | {s['b1/t1']}x | {s['b1/t2']}x | {s['b32/t1']}x | "
+            f"{s['b32/t2']}x | {acc} | {r['cosine']} | {r['quantization_s']} |"
+        )
 
 
 if __name__ == "__main__":

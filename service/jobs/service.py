@@ -92,6 +92,15 @@ def submit(
             f"params ask for {threads} threads; workers allow at most {settings.job_threads} (ONNXSMITH_JOB_THREADS)",
             title="Invalid request",
         )
+    budget = getattr(params, "max_seconds", None)
+    if budget is not None and "max_seconds" in params.model_fields_set and budget >= settings.job_time_limit_s:
+        raise AppError(
+            422,
+            "validation-error",
+            f"params.max_seconds ({budget:g}) must be below the job time limit ({settings.job_time_limit_s:g} s, "
+            "ONNXSMITH_JOB_TIME_LIMIT_S): the search needs time to measure its choice after it",
+            title="Invalid request",
+        )
     bad_roles = sorted(set(body.datasets) - set(ROLES))
     if bad_roles:
         raise AppError(

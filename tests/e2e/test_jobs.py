@@ -318,6 +318,10 @@ def test_quantize_bad_requests(api, worker, tmp_path) -> None:
     for bad in ({"max_accuracy_drop": -0.1}, {"objective": "speed"}, {"auto_modes": []}, {"max_trials": 0}):
         r = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "auto", **bad}})
         assert r.status_code == 422 and f"params.{next(iter(bad))}" in r.json()["detail"], (bad, r.json())
+    r = api.post(
+        "/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "auto", "max_seconds": 1e6}}
+    )
+    assert r.status_code == 422 and "job time limit" in r.json()["detail"]
 
 
 def test_quantize_auto_reports_every_trial_and_registers_the_choice(api, worker, tmp_path) -> None:
