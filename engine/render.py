@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,11 @@ def line_chart(
     log_x: bool = False,
     width: int = 560,
     height: int = 300,
+    marks: list[tuple[float, str]] | None = None,
 ) -> Markup:
-    """Lines with markers: {name: [(x, y), ...]}. x on a log2 scale when log_x (batch sizes)."""
-    import math
+    """Lines with markers: {name: [(x, y), ...]}. x on a log2 scale when log_x (batch sizes).
 
+    `marks`: dashed vertical lines at x with a label (e.g. the best epoch)."""
     points = [p for pts in series.values() for p in pts]
     if not points:
         return Markup("")
@@ -79,9 +81,20 @@ def line_chart(
         y = y_max * i / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
         parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{_tick(y)}</text>')
-    for x in sorted({x for x, _ in points}):
+    ticks = sorted({x for x, _ in points})
+    if len(ticks) > 12:  # long x axes (epochs): about ten ticks
+        step = math.ceil(len(ticks) / 10)
+        ticks = ticks[::step]
+    for x in ticks:
         parts.append(
             f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11">{_fmt(x, 4)}</text>'
+        )
+    for i, (x, label) in enumerate(marks or []):
+        parts.append(
+            f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{height - bottom}" stroke="{PALETTE[3 + i % 3]}" '
+            f'stroke-dasharray="4 3"><title>{_esc(label)}</title></line>'
+            f'<text x="{px(x) + 4:.1f}" y="{top + 12 + 14 * i}" font-size="11" fill="{PALETTE[3 + i % 3]}">'
+            f"{_esc(label)}</text>"
         )
     parts.append(
         f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'
@@ -170,6 +183,82 @@ def bars(rows: list[tuple[str, float]], *, value_label: str, width: int = 560, b
         parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{_fmt(float(value), 3)}</text>')
     parts.append(f'<text x="{left}" y="{height - 6}" font-size="12">{_esc(value_label)}</text></svg>')
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
+def interval_bars(
+    rows: list[tuple[str, float, list[float] | None, str]], *, value_label: str, width: int = 560, bar: int = 18
+) -> Markup:
+    """Horizontal bars with 95% intervals as whiskers: (label, value, [low, high] or None, colour key)."""
+    if not rows:
+        return Markup("")
+    left, right, top = 160, 70, 8
+    peak = max(max(v, (ci or [v, v])[1]) for _, v, ci, _ in rows) or 1.0
+    height = top + len(rows) * (bar + 6) + 24
+    colours = {"model": PALETTE[0], "baseline": "#9ca3af"}
+
+    def px(v: float) -> float:
+        return left + (width - left - right) * max(v, 0.0) / peak
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{_esc(value_label)}" class="chart">'
+    ]
+    for i, (label, value, ci, key) in enumerate(rows):
+        y = top + i * (bar + 6)
+        parts.append(f'<text x="{left - 6}" y="{y + bar - 5}" text-anchor="end" font-size="11">{_esc(label)}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="{max(1.0, px(value) - left):.1f}" height="{bar}" '
+            f'fill="{colours.get(key, PALETTE[0])}"/>'
+        )
+        if ci:
+            lo, hi, mid = px(ci[0]), px(ci[1]), y + bar / 2
+            parts.append(
+                f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{mid}" y2="{mid}" stroke="#111" stroke-width="1.5"/>'
+                f'<line x1="{lo:.1f}" x2="{lo:.1f}" y1="{y + 3}" y2="{y + bar - 3}" stroke="#111"/>'
+                f'<line x1="{hi:.1f}" x2="{hi:.1f}" y1="{y + 3}" y2="{y + bar - 3}" stroke="#111"/>'
+            )
+        end = px(ci[1]) if ci else px(value)
+        parts.append(f'<text x="{end + 4:.1f}" y="{y + bar - 5}" font-size="11">{_fmt(float(value), 4)}</text>')
+    parts.append(f'<text x="{left}" y="{height - 6}" font-size="12">{_esc(value_label)}</text></svg>')
+    return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
+
+
+def diagnose_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    primary = report.get("primary_metric", "metric")
+    rows = []
+    for role, split in (report.get("splits") or {}).items():
+        value = split["metrics"].get(primary)
+        if value is not None:
+            rows.append((role, value, split.get("primary_ci95"), "model"))
+        base = split["baseline_metrics"].get(primary)
+        if base is not None:
+            rows.append((f"{role}, naive baseline", base, None, "baseline"))
+    history = report.get("history") or {}
+    curves = history.get("curves") or {}
+    values = history.get("values") or {}
+    losses = {
+        name: [(i + 1.0, v) for i, v in enumerate(values.get(key) or []) if v is not None]
+        for name, key in (("train loss", curves.get("train_loss")), ("validation loss", curves.get("val_loss")))
+        if key
+    }
+    marks = []
+    if history.get("best_epoch"):
+        marks.append((float(history["best_epoch"]), f"best epoch {history['best_epoch']}"))
+    if history.get("stopped_epoch"):
+        marks.append((float(history["stopped_epoch"]), f"early stop {history['stopped_epoch']}"))
+    gaps = []
+    splits = report.get("splits") or {}
+    train_recall = (splits.get("train") or {}).get("per_class_recall") or {}
+    val_recall = (splits.get("validation") or {}).get("per_class_recall") or {}
+    for c in sorted(set(train_recall) & set(val_recall), key=lambda k: -(train_recall[k] - val_recall[k]))[:20]:
+        gaps.append((f"class {c}", train_recall[c] - val_recall[c]))
+    alphas = [(w["layer"], w["alpha"]) for w in report.get("weights") or [] if w.get("status") == "fitted"]
+    return {
+        "metrics": interval_bars(rows, value_label=f"{primary} with its 95% bootstrap interval"),
+        "curves": line_chart(losses, x_label="epoch", y_label="loss", marks=marks) if losses else Markup(""),
+        "class_gaps": bars(gaps, value_label="train recall - validation recall"),
+        "alphas": bars(alphas, value_label="power-law alpha of the weight spectrum (2-6 is typical)"),
+    }
 
 
 def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: int = 560, height: int = 320) -> Markup:
@@ -298,7 +387,9 @@ def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
 _env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
 _env.filters["fmt"] = _fmt
 _env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
-_env.globals.update(heatmap=heatmap, benchmark_charts=benchmark_charts, quantize_charts=quantize_charts)
+_env.globals.update(
+    heatmap=heatmap, benchmark_charts=benchmark_charts, quantize_charts=quantize_charts, diagnose_charts=diagnose_charts
+)
 
 
 def render_report(report: dict[str, Any], job: dict[str, Any]) -> str:

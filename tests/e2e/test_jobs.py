@@ -346,3 +346,32 @@ def test_quantize_auto_reports_every_trial_and_registers_the_choice(api, worker,
     assert produced["name"] == f"mlp-auto-{chosen['mode']}" and produced["source_job_id"] == job["id"]
     page = TestClient(api.app).get(done["report_url"])
     assert page.status_code == 200 and f"auto, chose {chosen['mode']}" in page.text and "Pareto front" in page.text
+
+
+def test_diagnose_through_the_api(api, worker, classifier, tmp_path) -> None:
+    w, b, x, y, path = classifier
+    model_id = upload_model(api, path)
+    clean = (x @ w + b).argmax(axis=1)
+    train = upload_dataset(api, data_files.npz(tmp_path / "train.npz", x=x[:150], y=clean[:150]))
+    val = upload_dataset(api, data_files.npz(tmp_path / "val.npz", x=x[150:], y=y[150:]))
+    history = upload_dataset(api, data_files.keras_history(tmp_path / "history.json", epochs=8), kind="history")
+    datasets = {"train": train, "validation": val, "history": history}
+    job = submit(api, kind="diagnose", model_id=model_id, datasets=datasets, params={"bootstrap_resamples": 200})
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["kind"] == "diagnose" and report["verdict"] == "overfit"  # 100% on train, ~2/3 on validation
+    assert report["splits"]["train"]["metrics"]["accuracy"] == 1.0 and report["history"]["epochs"] == 8
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and "Fit diagnosis: overfit" in page.text
+    # Bad requests: no validation set, a history given as samples, unlabeled data.
+    r = api.post("/v1/jobs", json={"kind": "diagnose", "model_id": model_id, "datasets": {"train": train}})
+    assert r.status_code == 422 and "validation" in r.json()["detail"]
+    bad = {"train": train, "validation": val, "history": train}
+    r = api.post("/v1/jobs", json={"kind": "diagnose", "model_id": model_id, "datasets": bad})
+    assert r.status_code == 422 and "history" in r.json()["detail"]
+    unlabeled = upload_dataset(api, data_files.npz(tmp_path / "u.npz", x=x))
+    r = api.post(
+        "/v1/jobs", json={"kind": "diagnose", "model_id": model_id, "datasets": {"train": unlabeled, "validation": val}}
+    )
+    assert r.status_code == 422 and "labels" in r.json()["detail"]

@@ -1,0 +1,299 @@
+"""The diagnose kind on cases whose answer is known by construction, called the way the sandbox calls it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import fit
+from engine.datasets import inspect_dataset
+from engine.errors import EngineError
+from engine.inspect import check_and_inspect
+from engine.jobs import run_in_child
+from tests import data_files, onnx_models
+
+N = 300
+
+
+def _inputs(tmp_path: Path, model: Path, **datasets: Path) -> dict:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    ds = {}
+    for role, path in datasets.items():
+        fmt = path.suffix.lstrip(".")
+        kind = "history" if role == "history" else "samples"
+        summary = inspect_dataset(str(path), fmt, kind, None)
+        label = summary.label.name if summary.label else None
+        ds[role] = {"path": str(path), "format": fmt, "label": label, "summary": summary.model_dump(mode="json")}
+    return {
+        "model_path": str(model),
+        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
+        "datasets": ds,
+        "out_dir": str(out),
+        "max_threads": 1,
+    }
+
+
+@pytest.fixture
+def linear_classifier(tmp_path):
+    """A 20-feature, 5-class linear model; labels are derived from its own predictions plus chosen noise."""
+    w = np.random.default_rng(0).standard_normal((20, 5)).astype(np.float32)
+    model = onnx_models.linear(tmp_path / "lin.onnx", w, np.zeros(5))
+
+    def split(name: str, n: int, noise: float, seed: int) -> Path:
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((n, 20)).astype(np.float32)
+        y = (x @ w).argmax(axis=1)
+        flip = r.random(n) < noise
+        y[flip] = r.integers(0, 5, int(flip.sum()))
+        return data_files.npz(tmp_path / f"{name}.npz", x=x, y=y)
+
+    return model, split
+
+
+def _diagnose(tmp_path, model, params=None, **datasets) -> dict:
+    return run_in_child("diagnose", _inputs(tmp_path, model, **datasets), {"weights": False, **(params or {})})[
+        "report"
+    ]
+
+
+def test_overfit_is_a_significant_gap(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    report = _diagnose(tmp_path, model, train=split("train", N, 0.0, 1), validation=split("val", N, 0.5, 2))
+    assert report["verdict"] == "overfit" and report["summary"].startswith("Overfit")
+    gap = report["gap"]
+    assert report["splits"]["train"]["metrics"]["accuracy"] == 1.0
+    assert gap["relative"] > 0.3 and gap["relative_ci95"][0] > 0.1 and gap["p_value"] < 1e-6
+    assert gap["absolute_ci95"][0] <= gap["absolute"] <= gap["absolute_ci95"][1]
+    assert [e["code"] for e in report["evidence"]][0] == "significant_gap"
+    actions = [r["action"] for r in report["remedies"]]
+    assert any("weight decay" in a for a in actions) and any("dropout" in a for a in actions)
+    more_data = next(r for r in report["remedies"] if r["action"] == "more training data")
+    assert more_data["setting"]["to_halve_the_gap"] == 4 * N
+
+
+def test_good_fit_is_a_small_gap_well_above_the_baseline(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    report = _diagnose(tmp_path, model, train=split("train", 2000, 0.05, 1), validation=split("val", 2000, 0.05, 2))
+    assert report["verdict"] == "good_fit", report["evidence"]
+    assert report["splits"]["validation"]["gain"] > 0.8 and report["remedies"] == []
+    m = report["splits"]["validation"]["metrics"]
+    assert set(m) == {"accuracy", "macro_f1", "log_loss", "ece"} and 0 <= m["ece"] <= 1
+    assert set(report["splits"]["validation"]["per_class_recall"]) == {"0", "1", "2", "3", "4"}
+
+
+def test_underfit_is_no_gain_over_the_naive_baseline(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    report = _diagnose(tmp_path, model, train=split("train", N, 1.0, 1), validation=split("val", N, 1.0, 2))
+    assert report["verdict"] == "underfit", report["evidence"]
+    assert report["splits"]["validation"]["gain"] <= 0.1
+    baseline = report["splits"]["train"]["baseline_metrics"]["accuracy"]
+    assert 0.15 < baseline < 0.3  # the most frequent of 5 random classes
+    actions = [r["action"] for r in report["remedies"]]
+    assert "more capacity (wider or deeper)" in actions
+    features = next(r for r in report["remedies"] if r["action"] == "more or better features")
+    assert features["setting"]["polynomial_degree"] == 2 and features["setting"]["input_features"] == 20
+
+
+def test_too_few_samples_or_the_same_data_is_inconclusive(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    report = _diagnose(tmp_path, model, train=split("train", N, 0.0, 1), validation=split("val", 12, 0.5, 2))
+    assert report["verdict"] == "inconclusive" and "fewer than 30" in report["summary"]
+    same = split("same", N, 0.1, 3)
+    report = _diagnose(tmp_path, model, train=same, validation=same)
+    assert report["verdict"] == "inconclusive"
+    assert any("same inputs" in w for w in report["warnings"])
+
+
+def test_the_bootstrap_interval_is_reproducible(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    data = {"train": split("train", N, 0.1, 1), "validation": split("val", N, 0.3, 2)}
+    a = _diagnose(tmp_path, model, **data)["gap"]
+    b = _diagnose(tmp_path, model, **data)["gap"]
+    c = _diagnose(tmp_path, model, {"seed": 7}, **data)["gap"]
+    assert a["relative_ci95"] == b["relative_ci95"] and a["relative_ci95"] != c["relative_ci95"]
+    assert a["resamples"] == 1000
+
+
+def test_regression_gap_on_r2(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 1))
+    model = onnx_models.linear(tmp_path / "reg.onnx", w, np.zeros(1), output="y")
+    x_tr, x_va = rng.standard_normal((N, 8)), rng.standard_normal((N, 8))
+    train = data_files.npz(tmp_path / "tr.npz", x=x_tr.astype(np.float32), y=(x_tr @ w)[:, 0] + rng.normal(0, 0.1, N))
+    val = data_files.npz(tmp_path / "va.npz", x=x_va.astype(np.float32), y=(x_va @ w)[:, 0] + rng.normal(0, 3.0, N))
+    report = _diagnose(tmp_path, model, train=train, validation=val)
+    assert report["task"] == "regression" and report["primary_metric"] == "r2"
+    assert set(report["splits"]["train"]["metrics"]) == {"mse", "rmse", "mae", "r2"}
+    assert report["splits"]["train"]["metrics"]["r2"] > 0.99 and report["verdict"] == "overfit"
+    assert abs(report["splits"]["train"]["baseline_metrics"]["r2"]) < 1e-9  # the mean of train has r2 0 on train
+
+
+def _keras(path: Path, train: list[float], val: list[float]) -> Path:
+    path.write_text(json.dumps({"loss": train, "val_loss": val, "accuracy": [1 - v / 3 for v in train]}))
+    return path
+
+
+def _lightning(path: Path, train: list[float], val: list[float]) -> Path:
+    lines = ["epoch,step,train_loss,val_loss"]
+    for e, (t, v) in enumerate(zip(train, val, strict=True)):
+        lines += [f"{e},{e * 10 + 9},{t},", f"{e},{e * 10 + 9},,{v}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("shape", ["keras", "lightning"])
+def test_history_finds_the_best_epoch_and_the_overfitting_onset(tmp_path, linear_classifier, shape) -> None:
+    model, split = linear_classifier
+    train = [1.0 / (e + 1) for e in range(30)]  # keeps falling
+    val = [1.0 / (e + 1) + 0.1 if e < 10 else 0.2 + 0.02 * (e - 9) for e in range(30)]  # lowest at epoch 10
+    best = int(np.argmin(val)) + 1
+    history = (_keras if shape == "keras" else _lightning)(
+        tmp_path / f"h.{'json' if shape == 'keras' else 'csv'}", train, val
+    )
+    report = _diagnose(
+        tmp_path, model, train=split("train", N, 0.0, 1), validation=split("val", N, 0.5, 2), history=history
+    )
+    h = report["history"]
+    assert h["curves"]["train_loss"] in ("loss", "train_loss") and h["curves"]["val_loss"] == "val_loss"
+    assert h["best_epoch"] == best == 10 and h["overfit_onset_epoch"] == 10
+    assert h["patience"] == 3 and h["stopped_epoch"] == 13  # 3 epochs without improvement after epoch 10
+    stop = next(r for r in report["remedies"] if r["action"].startswith("early stopping"))
+    assert stop["code"] == "EarlyStopping(monitor='val_loss', min_delta=0.0, patience=3, restore_best_weights=True)"
+    assert stop["setting"]["stop_epoch"] == 13 and "history_onset" in {e["code"] for e in report["evidence"]}
+
+
+def test_history_still_falling_says_more_epochs(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    train = [2.0 - 0.1 * e for e in range(12)]
+    history = _keras(tmp_path / "h.json", train, [t + 0.05 for t in train])
+    report = _diagnose(
+        tmp_path, model, train=split("train", N, 1.0, 1), validation=split("val", N, 1.0, 2), history=history
+    )
+    assert report["history"]["still_improving"] is True and report["verdict"] == "underfit"
+    more = next(r for r in report["remedies"] if r["action"] == "train for more epochs")
+    assert more["setting"]["epochs"] == [24, 36]
+
+
+def test_history_without_a_validation_column_warns(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps({"loss": [1.0, 0.5, 0.4, 0.35]}))
+    report = _diagnose(
+        tmp_path, model, train=split("train", N, 0.0, 1), validation=split("val", N, 0.0, 2), history=history
+    )
+    assert report["history"]["best_epoch"] is None
+    assert any("no validation column" in w for w in report["warnings"])
+
+
+def test_bad_inputs_fail_cleanly(tmp_path, linear_classifier) -> None:
+    model, split = linear_classifier
+    nan_model = onnx_models.linear(tmp_path / "nan.onnx", np.full((20, 5), np.nan), np.zeros(5))
+    with pytest.raises(EngineError) as exc:
+        _diagnose(tmp_path, nan_model, train=split("train", N, 0.0, 1), validation=split("val", N, 0.0, 2))
+    assert exc.value.code == "invalid_output" and "NaN" in exc.value.detail
+    x = np.random.default_rng(0).standard_normal((N, 20)).astype(np.float32)
+    seven = data_files.npz(tmp_path / "seven.npz", x=x, y=np.full(N, 7))
+    with pytest.raises(EngineError, match="outputs 5 classes"):
+        _diagnose(tmp_path, model, train=split("train", N, 0.0, 1), validation=seven)
+    wide = data_files.npz(tmp_path / "wide.npz", x=x, y=np.zeros((N, 3), np.float32))
+    with pytest.raises(EngineError, match="values per sample"):
+        _diagnose(tmp_path, model, {"task": "regression"}, train=wide, validation=wide)
+
+
+def test_a_class_the_model_never_predicts_is_named(tmp_path) -> None:
+    model = onnx_models.linear(tmp_path / "m.onnx", np.zeros((3, 3)), np.array([0, 0, 1.0]))  # always class 2
+    x = np.random.default_rng(0).standard_normal((N, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, N)
+    data = data_files.npz(tmp_path / "d.npz", x=x, y=y)
+    report = _diagnose(
+        tmp_path, model, train=data, validation=data_files.npz(tmp_path / "v.npz", x=x[::-1].copy(), y=y)
+    )
+    assert any("never predicts class(es) [0, 1]" in w for w in report["warnings"]), report["warnings"]
+
+
+def test_spectral_alpha_of_weights() -> None:
+    rng = np.random.default_rng(0)
+    fitted = fit.esd_alpha(rng.standard_normal((256, 128)))
+    assert fitted["status"] == "fitted" and fitted["alpha"] > 1 and fitted["tail_size"] >= 10
+    assert fit.esd_alpha(rng.standard_normal((8, 4)))["status"] == "skipped"
+    # A heavy-tailed spectrum (a few large singular values on top of noise) fits a smaller alpha than noise.
+    u, _, vt = np.linalg.svd(rng.standard_normal((256, 128)), full_matrices=False)
+    heavy = (u * (rng.pareto(1.5, 128) + 1)) @ vt
+    assert fit.esd_alpha(heavy)["alpha"] < fitted["alpha"]
+
+
+def test_weights_analysis_in_the_job(tmp_path, linear_classifier) -> None:
+    _, split = linear_classifier
+    model = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=20, hidden=64, n_out=5)
+    report = run_in_child(
+        "diagnose", _inputs(tmp_path, model, train=split("train", N, 0.0, 1), validation=split("val", N, 0.0, 2)), {}
+    )["report"]
+    rows = {r["weight"]: r for r in report["weights"]}
+    assert rows["w1"]["status"] == "skipped" and "too small" in rows["w1"]["reason"]  # 20 x 64
+    assert set(rows) == {"w1", "w2"}
+
+
+def test_the_report_page_puts_the_verdict_first(tmp_path, linear_classifier) -> None:
+    from engine.render import render_report
+
+    model, split = linear_classifier
+    train = [1.0 / (e + 1) for e in range(30)]
+    history = _keras(
+        tmp_path / "h.json", train, [t + 0.1 if e < 10 else 0.2 + 0.02 * (e - 9) for e, t in enumerate(train)]
+    )
+    data = {"train": split("train", N, 0.0, 1), "validation": split("val", N, 0.5, 2), "history": history}
+    report = run_in_child(
+        "diagnose", _inputs(tmp_path, onnx_models.mlp(tmp_path / "m.onnx", n_in=20, hidden=64, n_out=5), **data), {}
+    )
+    page = render_report(report["report"], {"id": "job_x", "kind": "diagnose", "status": "succeeded"})
+    assert "Fit diagnosis:" in page and page.index(report["report"]["summary"][:30]) < page.index("<svg")
+    assert "best epoch" in page and "EarlyStopping(monitor=" in page and "naive baseline" in page
+
+
+def test_a_gap_that_straddles_the_threshold_is_overfit_only_with_an_onset_in_the_history(
+    tmp_path, linear_classifier
+) -> None:
+    model, split = linear_classifier
+    data = {"train": split("train", N, 0.0, 1), "validation": split("val", 150, 0.08, 2)}  # gap 8.7% [4.7, 13.3]
+    plain = _diagnose(tmp_path, model, **data)
+    lo, hi = plain["gap"]["relative_ci95"]
+    assert 0 < lo < 0.1 <= hi and plain["gap"]["relative"] < 0.1  # significant, may or may not reach 10%
+    assert plain["verdict"] == "inconclusive"
+    assert any(r["action"] == "a larger validation set" for r in plain["remedies"])
+    train = [1.0 / (e + 1) for e in range(30)]
+    history = _keras(
+        tmp_path / "h.json", train, [t + 0.1 if e < 10 else 0.2 + 0.02 * (e - 9) for e, t in enumerate(train)]
+    )
+    with_history = _diagnose(tmp_path, model, **data, history=history)
+    assert with_history["verdict"] == "overfit"
+    assert "significant_gap_and_onset" in {e["code"] for e in with_history["evidence"]}
+
+
+def test_a_model_that_fits_nothing_is_underfit_whatever_its_relative_gap(tmp_path) -> None:
+    """Degree-1 fit of quadratic data: r2 about 0 on train, so (train - val) / |train| explodes: not overfitting."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (400, 1))
+    y = 2 * x[:, 0] ** 2 + rng.normal(0, 0.2, 400)
+    slope = np.polyfit(x[:200, 0], y[:200], 1)
+    model = onnx_models.linear(tmp_path / "line.onnx", np.array([[slope[0]]]), np.array([slope[1]]), output="y")
+    train = data_files.npz(tmp_path / "tr.npz", x=x[:200].astype(np.float32), y=y[:200])
+    val = data_files.npz(tmp_path / "va.npz", x=x[200:].astype(np.float32), y=y[200:])
+    report = _diagnose(tmp_path, model, train=train, validation=val)
+    assert report["verdict"] == "underfit"
+    assert "gap_of_an_unfit_model" in {e["code"] for e in report["evidence"]}
+
+
+def test_early_stopping_replay_follows_keras() -> None:
+    curve = [1.0, 0.5, 0.6, 0.55, 0.52, 0.4, 0.45]  # best 0.5 at epoch 2; 3 epochs without improvement; 0.4 later
+    assert fit.early_stopping(curve, True, 0.0, 3) == {
+        "best_epoch": 6,
+        "best_value": 0.4,
+        "stopped_epoch": 5,  # epochs 3, 4, 5 do not improve on epoch 2
+        "restored_epoch": 2,
+    }
+    assert fit.early_stopping(curve, True, 0.0, 10)["stopped_epoch"] is None
+    assert fit.early_stopping([0.5, 0.6, 0.61], False, 0.05, 1)["best_epoch"] == 2  # 0.61 is not 0.05 better
