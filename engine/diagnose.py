@@ -266,6 +266,11 @@ def run(inputs: JobInputs, params: DiagnoseParams, progress: Progress) -> tuple[
     boot = fit.bootstrap_gap(fa, fb, n_train, n_val, params.bootstrap_resamples, params.seed)
     splits["train"].primary_ci95 = boot.get("train")
     splits["validation"].primary_ci95 = boot.get("validation")
+    if "test" in prepared:
+        test_fn = fit.metric_fn(task, primary, *prepared["test"])
+        splits["test"].primary_ci95 = fit.bootstrap_ci(
+            test_fn, splits["test"].samples, params.bootstrap_resamples, params.seed
+        )
     gap = None
     a, b = splits["train"].metrics.get(primary), splits["validation"].metrics.get(primary)
     if a is not None and b is not None:
@@ -297,7 +302,8 @@ def run(inputs: JobInputs, params: DiagnoseParams, progress: Progress) -> tuple[
 
     progress(0.9, "deciding")
     verdict, summary, evidence = decide(task, primary, splits, gap, history, weights, params, identical)
-    remedies = suggest(verdict, task, primary, splits, gap, history, weights, evidence, info, params)
+    hidden = hidden_layers(Path(inputs.model_path))
+    remedies = suggest(verdict, task, primary, splits, gap, history, weights, evidence, info, params, hidden)
     machine.load_average_1m_after = load_average()
     report = DiagnoseReport(
         warnings=warnings,
@@ -396,6 +402,14 @@ def _last_finite(values: list[float]) -> float | None:
 def _span(values: list[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return (max(finite) - min(finite)) if finite else 0.0
+
+
+def hidden_layers(path: Path) -> list[str]:
+    """Gemm/MatMul/Conv nodes with a weight initializer, except the last one (the output layer): where dropout goes."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    weighted = [n for n in model.graph.node if n.op_type in WEIGHT_OPS and any(i in inits for i in n.input[1:2])]
+    return [n.name or n.output[0] for n in weighted[:-1]][:20]
 
 
 # -- weights --------------------------------------------------------------------------------------------------
@@ -624,6 +638,7 @@ def suggest(
     evidence: list[Evidence],
     info: ModelInfo,
     p: DiagnoseParams,
+    hidden: list[str] | None = None,
 ) -> list[Remedy]:
     out: list[Remedy] = []
     codes = {e.code for e in evidence}
@@ -674,6 +689,7 @@ def suggest(
                 setting={
                     "rate": [0.2, 0.5],
                     "where": "after each hidden fully-connected layer (0.1-0.2 after convolutions)",
+                    "layers": hidden or None,
                 },
             )
         )

@@ -149,6 +149,15 @@ def bootstrap_gap(
     return {"resamples": len(rows), "train": ci(0), "validation": ci(1), "absolute": ci(2), "relative": ci(3)}
 
 
+def bootstrap_ci(metric: Callable[[np.ndarray], float | None], n: int, resamples: int, seed: int) -> list[float] | None:
+    """Percentile 95% interval of one metric over bootstrap resamples of one split."""
+    rng = np.random.default_rng(seed)
+    values = [v for v in (metric(rng.integers(0, n, n)) for _ in range(resamples)) if v is not None]
+    if len(values) < resamples // 2:
+        return None
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
 def two_proportion_p(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float | None:
     """Two-sided p-value of the two-proportion z-test (pooled), for accuracies on independent samples."""
     pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
@@ -239,7 +248,9 @@ def power_law_alpha(eigs: np.ndarray, min_tail: int = 10) -> dict[str, float] | 
 
 
 def weight_matrix(array: np.ndarray) -> np.ndarray | None:
-    """A 2-D view of a weight: matrices as they are, conv kernels [out, in, kh, kw] as [out, in*kh*kw]."""
+    """A 2-D view of a weight: matrices as they are, conv kernels [out, in, kh, kw] as [out, in*kh*kw].
+
+    (WeightWatcher fits each of the kh*kw [out, in] slices instead; one matrix per layer is simpler to read.)"""
     if array.ndim == 2:
         return array
     if array.ndim >= 3:

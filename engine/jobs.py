@@ -86,9 +86,9 @@ class JobKind:
 
 
 def _registry() -> dict[str, JobKind]:
-    from engine import benchmark, diagnose, evaluate, quantize
+    from engine import benchmark, diagnose, evaluate, prune, quantize
 
-    return {k.name: k for k in (evaluate.KIND, benchmark.KIND, quantize.KIND, diagnose.KIND)}
+    return {k.name: k for k in (evaluate.KIND, benchmark.KIND, quantize.KIND, diagnose.KIND, prune.KIND)}
 
 
 KINDS: dict[str, JobKind] = {}

@@ -375,3 +375,23 @@ def test_diagnose_through_the_api(api, worker, classifier, tmp_path) -> None:
         "/v1/jobs", json={"kind": "diagnose", "model_id": model_id, "datasets": {"train": unlabeled, "validation": val}}
     )
     assert r.status_code == 422 and "labels" in r.json()["detail"]
+
+
+def test_prune_registers_the_pruned_model(api, worker, tmp_path) -> None:
+    model_id = upload_model(api, onnx_models.mlp(tmp_path / "mlp.onnx", n_in=64, hidden=128, n_out=10))
+    params = {"method": "magnitude", "ratio": 0.5, "runs": 5, "batch_sizes": [1]}
+    job = submit(api, kind="prune", model_id=model_id, params=params)
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["name"] == "mlp-magnitude" and produced["source_job_id"] == job["id"]
+    assert report["gzip_size_bytes"]["pruned"] < report["gzip_size_bytes"]["original"]
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and "Pruning: magnitude" in page.text and "Per layer" in page.text
+    r = api.post("/v1/jobs", json={"kind": "prune", "model_id": model_id, "params": {"method": "magnitude"}})
+    assert r.status_code == 422 and "ratio" in r.json()["detail"]
+    r = api.post(
+        "/v1/jobs", json={"kind": "prune", "model_id": model_id, "params": {"method": "magnitude", "ratio": 1.5}}
+    )
+    assert r.status_code == 422 and "params.ratio" in r.json()["detail"]

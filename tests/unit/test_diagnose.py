@@ -297,3 +297,41 @@ def test_early_stopping_replay_follows_keras() -> None:
     }
     assert fit.early_stopping(curve, True, 0.0, 10)["stopped_epoch"] is None
     assert fit.early_stopping([0.5, 0.6, 0.61], False, 0.05, 1)["best_epoch"] == 2  # 0.61 is not 0.05 better
+
+
+def test_binary_classifier_with_one_logit_and_a_test_split(tmp_path) -> None:
+    rng = np.random.default_rng(9)
+    model = onnx_models.mlp(tmp_path / "m.onnx", n_in=6, hidden=16, n_out=1)  # a single logit: sigmoid
+    import onnxruntime as ort
+
+    def split(name: str, n: int) -> Path:
+        x = rng.standard_normal((n, 6)).astype(np.float32)
+        logit = ort.InferenceSession(str(model)).run(None, {"x": x})[0][:, 0]
+        return data_files.npz(tmp_path / f"{name}.npz", x=x, y=(logit > 0).astype(np.int64))
+
+    report = _diagnose(tmp_path, model, train=split("tr", 200), validation=split("va", 200), test=split("te", 100))
+    assert report["output_interpretation"] == "logits" and report["verdict"] == "good_fit"
+    for role in ("train", "validation", "test"):
+        m = report["splits"][role]["metrics"]
+        assert m["accuracy"] == 1.0 and m["roc_auc"] == 1.0
+        lo, hi = report["splits"][role]["primary_ci95"]
+        assert lo <= 1.0 <= hi
+    assert report["gap"]["test_absolute"] == 0.0
+
+
+def test_dropout_remedy_names_the_hidden_layers(tmp_path) -> None:
+    import onnxruntime as ort
+
+    model = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=20, hidden=64, n_out=5)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2 * N, 20)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)
+    noisy = y.copy()
+    flip = rng.random(N) < 0.5
+    noisy[N:][flip] = rng.integers(0, 5, int(flip.sum()))
+    train = data_files.npz(tmp_path / "tr.npz", x=x[:N], y=y[:N])
+    val = data_files.npz(tmp_path / "va.npz", x=x[N:], y=noisy[N:])
+    report = _diagnose(tmp_path, model, {"primary_metric": "macro_f1"}, train=train, validation=val)
+    assert report["primary_metric"] == "macro_f1" and report["verdict"] == "overfit"
+    dropout = next(r for r in report["remedies"] if r["action"].startswith("dropout"))
+    assert dropout["setting"]["layers"] == ["fc1"]  # fc2 is the output layer
