@@ -10,7 +10,8 @@ Methods built so far:
 - `magnitude`: unstructured sparsity — the smallest weights of Conv/ConvTranspose/Gemm/MatMul set to zero,
   to a target ratio per layer or globally (one threshold across layers). Dense storage neither shrinks nor
   runs faster: the report gives the gzip size, which does shrink, and says so.
-Structured pruning (neurons, channels) and the sensitivity scan are not built yet (issue #7).
+- `structured`: whole neurons and conv channels removed, with their dependents (engine/structured.py).
+The sensitivity scan is not built yet (issue #7).
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ SIMPLIFY_CHECK_SAMPLES = 64
 
 
 class PruneParams(StrictParams):
-    method: Literal["simplify", "magnitude"] = Field(
-        description="simplify: graph clean-up that keeps the outputs; magnitude: zero the smallest weights "
-        "(structured and sensitivity are planned, not built)"
+    method: Literal["simplify", "magnitude", "structured"] = Field(
+        description="simplify: graph clean-up that keeps the outputs; magnitude: zero the smallest weights; "
+        "structured: remove whole neurons and conv channels (the sensitivity scan is planned, not built)"
+    )
+    criterion: Literal["l1", "l2", "activation"] = Field(
+        default="l1",
+        description="structured: importance of a unit: L1/L2 norm of its weights, or its mean absolute activation "
+        "on the eval data",
     )
     ratio: float | None = Field(default=None, gt=0, lt=1, description="magnitude: fraction of weights set to zero")
     ratios: dict[str, float] | None = Field(
@@ -97,8 +103,10 @@ class PruneReport(ReportBase):
 
 
 def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: PruneParams) -> None:
-    if params.method == "magnitude" and params.ratio is None and not params.ratios:
-        raise EngineError("missing_param", "magnitude pruning needs params.ratio or params.ratios")
+    if params.method in ("magnitude", "structured") and params.ratio is None and not params.ratios:
+        raise EngineError("missing_param", f"{params.method} pruning needs params.ratio or params.ratios")
+    if params.method == "structured" and params.criterion == "activation" and "eval" not in summaries:
+        raise EngineError("missing_dataset", "criterion 'activation' needs an eval (or test, or validation) dataset")
     if "eval" in summaries:
         binding.plan(info.inputs, summaries["eval"])
     pick_output(info, params.output)
@@ -265,6 +273,63 @@ def magnitude_prune(src: Path, dst: Path, params: PruneParams) -> tuple[dict[str
     return config, rows, alone
 
 
+# -- structured -----------------------------------------------------------------------------------------------
+ACTIVATION_SAMPLES = 256
+
+
+def activation_scores(src: Path, feeds: dict[str, np.ndarray], tmp: Path) -> dict[str, np.ndarray]:
+    """Mean |activation| per unit of every candidate layer's output on up to ACTIVATION_SAMPLES samples."""
+    from engine.structured import Graph, producers
+
+    model = onnx.load(str(src))
+    g = Graph(model)
+    names = {node.output[0]: (1 if node.op_type == "Conv" else -1) for node, *_ in producers(g)}
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    path = tmp / "activations.onnx"
+    onnx.save(model, str(path))
+    try:
+        session = make_session(str(path), 1)
+        sample = {k: v[:ACTIVATION_SAMPLES] for k, v in feeds.items()}
+        wanted = list(names)
+        values = session.run(wanted, feeds_for(session, sample))
+    finally:
+        path.unlink(missing_ok=True)
+    scores = {}
+    for name, value in zip(wanted, values, strict=True):
+        a = np.abs(np.moveaxis(value.astype(np.float64), names[name], 0))
+        scores[name] = a.reshape(a.shape[0], -1).mean(axis=1)
+    return scores
+
+
+def structured_prune(src: Path, dst: Path, params: PruneParams, feeds: dict[str, np.ndarray] | None, tmp: Path):
+    from engine.structured import prune_structured
+
+    model = onnx.load(str(src))
+    scores = activation_scores(src, feeds, tmp) if params.criterion == "activation" and feeds is not None else None
+    known = {t.name for t in model.graph.initializer}
+    unknown = sorted(set(params.ratios or {}) - known)
+    if unknown:
+        raise EngineError("unknown_layer", f"params.ratios names weights the model does not have: {unknown[:10]}")
+    rows, alone = prune_structured(
+        model,
+        params.ratio,
+        params.ratios,
+        params.criterion,
+        set(params.exclude),
+        set(params.exclude_op_types),
+        scores,
+    )
+    if not rows:
+        reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10]) or "no Conv/Gemm/MatMul with weights"
+        raise EngineError("nothing_to_prune", f"no layer could be pruned structurally ({reasons})")
+    onnx.save(model, str(dst))
+    config = {"ratio": params.ratio, "ratios": params.ratios, "criterion": params.criterion}
+    return config, rows, alone
+
+
 # -- the job --------------------------------------------------------------------------------------------------
 def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[PruneReport, list[ArtifactOut]]:
     machine = machine_info()
@@ -300,6 +365,8 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
     try:
         if params.method == "simplify":
             config = simplify_model(src, dst, params.fold_size_limit)
+        elif params.method == "structured":
+            config, layers, alone = structured_prune(src, dst, params, eval_feeds, out_dir.parent)
         else:
             config, layers, alone = magnitude_prune(src, dst, params)
     except EngineError:
@@ -330,6 +397,11 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
                 f"simplification made the file bigger ({src.stat().st_size} -> {dst.stat().st_size} bytes); "
                 "lower params.fold_size_limit",
             )
+    elif params.method == "structured":
+        warnings.append(
+            "structured pruning without fine-tuning loses accuracy: see the change below; distilling the pruned "
+            "model from the original (a distill job, issue #8, planned) is the next step"
+        )
     else:
         warnings.append(
             "unstructured sparsity: the zeros are still stored densely and computed, so the raw file and the "

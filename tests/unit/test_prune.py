@@ -146,7 +146,7 @@ def test_bad_requests(tmp_path) -> None:
     info = check_and_inspect(str(model))
     with pytest.raises(EngineError, match="ratio"):
         validate(info, {}, PruneParams(method="magnitude"))
-    for bad in ({"ratio": 1.0}, {"ratio": 0}, {"ratios": {"w1": 1.5}}, {"method": "structured"}):
+    for bad in ({"ratio": 1.0}, {"ratio": 0}, {"ratios": {"w1": 1.5}}, {"method": "sensitivity"}):
         with pytest.raises(ValueError):
             PruneParams.model_validate({"method": "magnitude", **bad})
 
@@ -169,3 +169,170 @@ def test_simplify_does_not_fold_constants_into_a_bigger_file(tmp_path) -> None:
     report = run_in_child("prune", _inputs(tmp_path, model), {"method": "simplify", **PARAMS})["report"]
     assert report["comparison"]["size_bytes"]["candidate"] < 1000  # not a 2 MB constant (a few bytes of metadata)
     assert "Expand" in report["output_model"]["info"]["op_histogram"]
+
+
+# -- structured -----------------------------------------------------------------------------------------------
+def _model(path: Path, nodes, inits: dict, x_shape, y_shape) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=onnx_models.OPSET, ir_version=8), str(path))
+    return path
+
+
+def _conv(rng, cout, cin, k=3, zero=()):
+    w = rng.standard_normal((cout, cin, k, k)).astype(np.float32) * 0.3
+    w[list(zero)] = 0.0
+    return w
+
+
+def residual_concat_cnn(path: Path, zero: bool) -> Path:
+    """conv_a -> relu -> conv_b -> Add(residual) -> relu -> [conv_c | conv_d] -> Concat -> depthwise -> conv_e ->
+    relu -> GlobalAveragePool -> Flatten -> Gemm. With `zero`, some channels of c, d and e are all-zero (and
+    their biases 0): removing exactly those must leave the output unchanged."""
+    rng = np.random.default_rng(2)
+    inits = {
+        "wa": _conv(rng, 8, 3), "wb": _conv(rng, 8, 8),
+        "wc": _conv(rng, 4, 8, zero=(1, 3) if zero else ()), "wd": _conv(rng, 4, 8, zero=(0, 2) if zero else ()),
+        "wdw": rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "bdw": np.zeros(8, np.float32),
+        "we": _conv(rng, 6, 8, zero=(0, 4, 5) if zero else ()), "be": np.zeros(6, np.float32),
+        "wf": rng.standard_normal((10, 6)).astype(np.float32), "bf": np.zeros(10, np.float32),
+    }  # fmt: skip
+    pad = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", **pad),
+        helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+        helper.make_node("Conv", ["ra", "wb"], ["b"], name="conv_b", **pad),
+        helper.make_node("Add", ["b", "ra"], ["res"], name="residual"),
+        helper.make_node("Relu", ["res"], ["rr"], name="relu_res"),
+        helper.make_node("Conv", ["rr", "wc"], ["c"], name="conv_c", **pad),
+        helper.make_node("Conv", ["rr", "wd"], ["d"], name="conv_d", **pad),
+        helper.make_node("Concat", ["c", "d"], ["cd"], axis=1, name="concat"),
+        helper.make_node("Conv", ["cd", "wdw", "bdw"], ["dw"], group=8, name="depthwise", **pad),
+        helper.make_node("Conv", ["dw", "we", "be"], ["e"], name="conv_e", **pad),
+        helper.make_node("Relu", ["e"], ["re"], name="relu_e"),
+        helper.make_node("GlobalAveragePool", ["re"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    return _model(path, nodes, inits, ["N", 3, 8, 8], ["N", 10])
+
+
+def plain_cnn(path: Path, zero: bool) -> Path:
+    rng = np.random.default_rng(3)
+    w1 = _conv(rng, 8, 3, zero=(2, 5, 6, 7) if zero else ())
+    w2 = _conv(rng, 16, 8, zero=tuple(range(0, 16, 2)) if zero else ())
+    inits = {
+        "w1": w1, "b1": np.zeros(8, np.float32), "w2": w2, "b2": np.zeros(16, np.float32),
+        "w3": rng.standard_normal((16 * 4 * 4, 10)).astype(np.float32) * 0.1, "shape": np.array([-1, 256]),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Reshape", ["p2", "shape"], ["f"], name="to_features"),
+        helper.make_node("MatMul", ["f", "w3"], ["y"], name="fc"),
+    ]
+    return _model(path, nodes, inits, ["N", 3, 8, 8], ["N", 10])
+
+
+def _structured(tmp_path, model, **params) -> tuple[dict, Path]:
+    report = run_in_child("prune", _inputs(tmp_path, model), {"method": "structured", **PARAMS, **params})["report"]
+    return report, tmp_path / "out" / "model.structured.onnx"
+
+
+def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+
+
+def test_structured_mlp_removes_neurons_and_the_rows_that_read_them(tmp_path) -> None:
+    model = onnx_models.mlp(tmp_path / "m.onnx", n_in=64, hidden=128, n_out=10)
+    report, produced = _structured(tmp_path, model, ratio=0.5)
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes == {"w1": [64, 64], "b1": [64], "w2": [64, 10], "b2": [10]}
+    assert report["layers"] == [
+        {"layer": "fc1", "weight": "w1", "op": "Gemm", "units_before": 128, "units_after": 64, "importance": "L1 norm"}
+    ]
+    assert report["left_alone"][0]["layer"] == "fc2" and "graph output" in report["left_alone"][0]["why"]
+    assert report["parameters"]["original"] - report["parameters"]["pruned"] == 64 * 64 + 64 + 64 * 10
+    assert report["macs_per_sample"]["pruned"] < report["macs_per_sample"]["original"]
+    assert any("fine-tuning" in w for w in report["warnings"])
+
+
+def test_structured_removing_dead_neurons_leaves_the_output_unchanged(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((20, 12)).astype(np.float32)
+    w1[:, [1, 4, 5, 9]] = 0  # four hidden neurons that always output relu(0) = 0
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2"),
+    ]
+    inits = {"w1": w1, "b1": np.zeros(12, np.float32), "w2": rng.standard_normal((12, 3)).astype(np.float32),
+             "b2": np.zeros(3, np.float32)}  # fmt: skip
+    model = _model(tmp_path / "dead.onnx", nodes, inits, ["N", 20], ["N", 3])
+    _, produced = _structured(tmp_path, model, ratios={"w1": 0.34})  # 4 of 12
+    x = rng.standard_normal((16, 20)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(model, x), rtol=1e-5, atol=1e-5)
+    assert {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}["w2"] == [8, 3]
+
+
+def test_structured_plain_cnn_through_pooling_and_reshape(tmp_path) -> None:
+    x = np.random.default_rng(4).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    zeroed = plain_cnn(tmp_path / "z.onnx", zero=True)
+    report, produced = _structured(tmp_path, zeroed, ratio=0.5)
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes["w1"] == [4, 3, 3, 3] and shapes["w2"] == [8, 4, 3, 3] and shapes["w3"] == [8 * 16, 10]
+    assert onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(str(produced)).graph.initializer if t.name == "shape")
+    ).tolist() == [-1, 128]
+    # The zeroed channels are the least important: removing them changes nothing.
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(zeroed, x), rtol=1e-5, atol=1e-5)
+    assert [r["layer"] for r in report["layers"]] == ["conv1", "conv2"]
+
+
+def test_structured_residual_and_concat(tmp_path) -> None:
+    x = np.random.default_rng(5).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    zeroed = residual_concat_cnn(tmp_path / "r.onnx", zero=True)
+    report, produced = _structured(tmp_path, zeroed, ratio=0.5)
+    pruned = {r["layer"]: r for r in report["layers"]}
+    alone = {a["layer"]: a["why"] for a in report["left_alone"]}
+    assert set(pruned) == {"conv_c", "conv_d", "conv_e"}  # through the Concat, the depthwise conv, GAP and Flatten
+    assert "residual" in alone["conv_a"] and "residual" in alone["conv_b"]  # coupled through the Add: left alone
+    assert "graph output" in alone["fc"]
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes["wc"] == [2, 8, 3, 3] and shapes["wd"] == [2, 8, 3, 3] and shapes["wdw"] == [4, 1, 3, 3]
+    assert shapes["we"] == [3, 4, 3, 3] and shapes["wf"] == [10, 3] and shapes["wa"] == [8, 3, 3, 3]
+    group = next(
+        a.i
+        for n in onnx.load(str(produced)).graph.node
+        if n.name == "depthwise"
+        for a in n.attribute
+        if a.name == "group"
+    )
+    assert group == 4
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(zeroed, x), rtol=1e-5, atol=1e-5)
+
+
+def test_structured_activation_criterion_uses_the_data(tmp_path) -> None:
+    model = onnx_models.mlp(tmp_path / "m.onnx", n_in=64, hidden=128, n_out=10)
+    x = np.random.default_rng(6).standard_normal((64, 64)).astype(np.float32)
+    evald = data_files.npz(tmp_path / "e.npz", x=x)
+    params = {"method": "structured", "ratio": 0.25, "criterion": "activation", **PARAMS}
+    report = run_in_child("prune", _inputs(tmp_path, model, eval=evald), params)["report"]
+    assert report["layers"][0]["importance"] == "mean |activation|" and report["layers"][0]["units_after"] == 96
+    with pytest.raises(EngineError, match="eval"):
+        validate(check_and_inspect(str(model)), {}, PruneParams(method="structured", ratio=0.5, criterion="activation"))
+
+
+def test_structured_with_nothing_prunable_says_why(tmp_path) -> None:
+    model = onnx_models.linear(tmp_path / "lin.onnx", np.ones((4, 3)), np.zeros(3))
+    with pytest.raises(EngineError) as exc:
+        _structured(tmp_path, model, ratio=0.5)
+    assert exc.value.code == "nothing_to_prune" and "graph output" in exc.value.detail
