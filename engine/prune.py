@@ -11,7 +11,9 @@ Methods built so far:
   to a target ratio per layer or globally (one threshold across layers). Dense storage neither shrinks nor
   runs faster: the report gives the gzip size, which does shrink, and says so.
 - `structured`: whole neurons and conv channels removed, with their dependents (engine/structured.py).
-The sensitivity scan is not built yet (issue #7).
+- `sensitivity`: each layer structured-pruned alone at several ratios and measured on eval; per-layer ratios
+  chosen (the largest within the budget each), the combination verified, backing off the layer that costs the
+  most accuracy per MAC it saves until the combination fits.
 """
 
 from __future__ import annotations
@@ -42,9 +44,20 @@ SIMPLIFY_CHECK_SAMPLES = 64
 
 
 class PruneParams(StrictParams):
-    method: Literal["simplify", "magnitude", "structured"] = Field(
+    method: Literal["simplify", "magnitude", "structured", "sensitivity"] = Field(
         description="simplify: graph clean-up that keeps the outputs; magnitude: zero the smallest weights; "
-        "structured: remove whole neurons and conv channels (the sensitivity scan is planned, not built)"
+        "structured: remove whole neurons and conv channels; sensitivity: prune each layer alone at several "
+        "ratios, then structured-prune with the per-layer ratios that remove the most MACs within max_accuracy_drop"
+    )
+    sensitivity_ratios: list[float] = Field(
+        default=[0.25, 0.5, 0.75], min_length=1, max_length=10, description="sensitivity: ratios tried per layer"
+    )
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="sensitivity: most the primary metric may drop (see drop_mode)"
+    )
+    drop_mode: Literal["relative", "absolute"] = "relative"
+    min_output_cosine: float = Field(
+        default=0.99, ge=-1, le=1, description="sensitivity: the budget when eval has no labels"
     )
     criterion: Literal["l1", "l2", "activation"] = Field(
         default="l1",
@@ -73,6 +86,13 @@ class PruneParams(StrictParams):
     warmup_runs: int = Field(default=5, ge=0, le=1000)
     eval_max_samples: int | None = Field(default=2000, ge=1)
 
+    @field_validator("sensitivity_ratios")
+    @classmethod
+    def _sens(cls, v: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in v):
+            raise ValueError("sensitivity ratios must be in (0, 1)")
+        return sorted(set(v))
+
     @field_validator("ratios")
     @classmethod
     def _ratios(cls, v: dict[str, float] | None) -> dict[str, float] | None:
@@ -98,11 +118,20 @@ class PruneReport(ReportBase):
     max_abs_difference: float | None = Field(
         default=None, description="simplify: largest output difference against the original on sample inputs"
     )
+    sensitivity: dict[str, Any] | None = Field(
+        default=None,
+        description="sensitivity: each layer pruned alone at each ratio (metric, drop, MACs removed), the chosen "
+        "per-layer ratios and whether the combination met the budget",
+    )
     output_model: dict[str, Any]
     seconds: float
 
 
 def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: PruneParams) -> None:
+    if params.method == "sensitivity" and "eval" not in summaries:
+        raise EngineError(
+            "missing_dataset", "the sensitivity scan measures on an eval (or test, or validation) dataset"
+        )
     if params.method in ("magnitude", "structured") and params.ratio is None and not params.ratios:
         raise EngineError("missing_param", f"{params.method} pruning needs params.ratio or params.ratios")
     if params.method == "structured" and params.criterion == "activation" and "eval" not in summaries:
@@ -330,6 +359,131 @@ def structured_prune(src: Path, dst: Path, params: PruneParams, feeds: dict[str,
     return config, rows, alone
 
 
+class _Judge:
+    """The budget of a sensitivity scan: the primary metric's drop on eval, or output cosine without labels."""
+
+    def __init__(self, src: Path, feeds, labels, summary, task, output: str, params: PruneParams, batch: int) -> None:
+        from engine.compare import _task_metrics
+
+        self.feeds, self.labels, self.summary, self.task, self.output = feeds, labels, summary, task, output
+        self.params, self.batch, self._task_metrics = params, batch, _task_metrics
+        self.use_labels = labels is not None and task is not None
+        self.metric_name = ("accuracy" if task == "classification" else "r2") if self.use_labels else "cosine"
+        self.reference = self._outputs(src)
+        self.original = self._metric(self.reference)
+
+    def _outputs(self, path: Path) -> np.ndarray:
+        session = make_session(str(path), 1)
+        return run_batched(session, feeds_for(session, self.feeds), self.output, self.batch)
+
+    def _metric(self, out: np.ndarray) -> float:
+        if not self.use_labels:
+            from engine.compare import fidelity
+
+            return fidelity(self.output, self.reference, out).cosine
+        value = self._task_metrics(self.task, out, self.labels, self.summary)(np.arange(len(self.labels)))
+        return float(value.get(self.metric_name) or 0.0)
+
+    def measure(self, path: Path) -> tuple[float, float, bool]:
+        """(metric, drop, within budget) of a candidate model."""
+        metric = self._metric(self._outputs(path))
+        if not self.use_labels:
+            return metric, 1.0 - metric, metric >= self.params.min_output_cosine
+        drop = self.original - metric
+        if self.params.drop_mode == "relative" and self.original:
+            drop /= abs(self.original)
+        return metric, drop, drop <= self.params.max_accuracy_drop + 1e-12
+
+
+def sensitivity_prune(src: Path, dst: Path, params: PruneParams, judge: _Judge, tmp: Path, progress: Progress):
+    """Scan each prunable layer alone at each ratio, choose per-layer ratios, verify the combination."""
+    from engine.inspect import describe
+    from engine.structured import Graph, producers, prune_structured
+
+    original = onnx.load(str(src))
+    base_macs = describe(original).macs_per_sample or 0
+    layers = [(node.name or node.output[0], weight) for node, weight, *_ in producers(Graph(original))]
+    layers = [(n, w) for n, w in layers if w not in params.exclude and n not in params.exclude]
+    scan, alone, seen_alone = [], [], set()
+    trial = tmp / "sensitivity.onnx"
+
+    def build(ratios: dict[str, float]) -> tuple[onnx.ModelProto, list, list]:
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+        rows, left = prune_structured(
+            model, None, ratios, params.criterion, set(params.exclude), set(params.exclude_op_types)
+        )
+        return model, rows, left
+
+    total = max(1, len(layers) * len(params.sensitivity_ratios))
+    for i, (label, weight) in enumerate(layers):
+        for j, r in enumerate(params.sensitivity_ratios):
+            progress((i * len(params.sensitivity_ratios) + j) / total, f"sensitivity: {label} at {r:g}")
+            model, rows, left = build({weight: r})
+            if not rows:
+                for a in left:
+                    if a["weight"] == weight and weight not in seen_alone:
+                        alone.append(a)
+                        seen_alone.add(weight)
+                break
+            onnx.save(model, str(trial))
+            metric, drop, ok = judge.measure(trial)
+            macs = describe(model).macs_per_sample or 0
+            scan.append({"layer": label, "weight": weight, "ratio": r, "metric": metric, "drop": drop,
+                         "within_budget": ok, "macs_removed": base_macs - macs})  # fmt: skip
+    if not scan:
+        reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10]) or "no Conv/Gemm/MatMul with weights"
+        raise EngineError("nothing_to_prune", f"no layer could be pruned structurally ({reasons})")
+    choice: dict[str, float] = {}
+    for weight in {row["weight"] for row in scan}:
+        fits = [row for row in scan if row["weight"] == weight and row["within_budget"]]
+        if fits:
+            choice[weight] = max(fits, key=lambda row: row["ratio"])["ratio"]
+    combined = None
+    steps = []
+    while choice:
+        model, rows, left = build(dict(choice))
+        onnx.save(model, str(trial))
+        metric, drop, ok = judge.measure(trial)
+        combined = {"ratios": dict(choice), "metric": metric, "drop": drop, "within_budget": ok,
+                    "macs_removed": base_macs - (describe(model).macs_per_sample or 0)}  # fmt: skip
+        steps.append(combined)
+        if ok:
+            break
+
+        # Back off the layer that costs most per MAC it saves, one ratio step down (or out).
+        def cost(w: str) -> float:
+            row = next(x for x in scan if x["weight"] == w and x["ratio"] == choice[w])
+            return row["drop"] / max(row["macs_removed"], 1)
+
+        worst = max(choice, key=cost)
+        lower = [r for r in params.sensitivity_ratios if r < choice[worst]]
+        if lower:
+            choice[worst] = lower[-1]
+        else:
+            del choice[worst]
+    met = bool(combined and combined["within_budget"])
+    final = choice if met else {}
+    model, rows, left = build(final)  # with nothing within the budget: the model unchanged, and the report says so
+    onnx.save(model, str(dst))
+    trial.unlink(missing_ok=True)
+    block = {
+        "metric": judge.metric_name,
+        "original_metric": judge.original,
+        "budget": (
+            f"{judge.metric_name} drops by at most {params.max_accuracy_drop:g} ({params.drop_mode})"
+            if judge.use_labels
+            else f"output cosine >= {params.min_output_cosine:g}"
+        ),
+        "scan": scan,
+        "steps": steps,
+        "chosen_ratios": final,
+        "goal_met": met,
+    }
+    config = {"ratios": final, "criterion": params.criterion, "sensitivity_ratios": params.sensitivity_ratios}
+    return config, rows, alone + [a for a in left if a["weight"] not in final and a["weight"] not in seen_alone], block
+
+
 # -- the job --------------------------------------------------------------------------------------------------
 def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[PruneReport, list[ArtifactOut]]:
     machine = machine_info()
@@ -362,11 +516,19 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
     layers: list[dict] = []
     alone: list[dict] = []
     difference = None
+    sensitivity = None
     try:
         if params.method == "simplify":
             config = simplify_model(src, dst, params.fold_size_limit)
         elif params.method == "structured":
             config, layers, alone = structured_prune(src, dst, params, eval_feeds, out_dir.parent)
+        elif params.method == "sensitivity":
+            judge = _Judge(
+                src, eval_feeds, labels, summary, task, pick_output(info, params.output), params, forced or 256
+            )
+            config, layers, alone, sensitivity = sensitivity_prune(
+                src, dst, params, judge, out_dir.parent, lambda f, stage: progress(0.05 + 0.25 * f, stage)
+            )
         else:
             config, layers, alone = magnitude_prune(src, dst, params)
     except EngineError:
@@ -397,7 +559,12 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
                 f"simplification made the file bigger ({src.stat().st_size} -> {dst.stat().st_size} bytes); "
                 "lower params.fold_size_limit",
             )
-    elif params.method == "structured":
+    if sensitivity is not None and not sensitivity["chosen_ratios"]:
+        warnings.append(
+            f"no layer can be pruned within the budget ({sensitivity['budget']}) at the ratios tried: the model is "
+            "unchanged; see the scan for what each layer costs"
+        )
+    elif params.method in ("structured", "sensitivity"):
         warnings.append(
             "structured pruning without fine-tuning loses accuracy: see the change below; distilling the pruned "
             "model from the original (a distill job, issue #8, planned) is the next step"
@@ -446,6 +613,7 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
         layers=layers,
         left_alone=alone,
         max_abs_difference=difference,
+        sensitivity=sensitivity,
         output_model={"filename": dst.name, "size_bytes": dst.stat().st_size, "info": out_info.model_dump(mode="json")},
         seconds=round(seconds, 3),
     )

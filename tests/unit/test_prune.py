@@ -146,7 +146,7 @@ def test_bad_requests(tmp_path) -> None:
     info = check_and_inspect(str(model))
     with pytest.raises(EngineError, match="ratio"):
         validate(info, {}, PruneParams(method="magnitude"))
-    for bad in ({"ratio": 1.0}, {"ratio": 0}, {"ratios": {"w1": 1.5}}, {"method": "sensitivity"}):
+    for bad in ({"ratio": 1.0}, {"ratio": 0}, {"ratios": {"w1": 1.5}}, {"method": "channels"}):
         with pytest.raises(ValueError):
             PruneParams.model_validate({"method": "magnitude", **bad})
 
@@ -336,3 +336,49 @@ def test_structured_with_nothing_prunable_says_why(tmp_path) -> None:
     with pytest.raises(EngineError) as exc:
         _structured(tmp_path, model, ratio=0.5)
     assert exc.value.code == "nothing_to_prune" and "graph output" in exc.value.detail
+
+
+def _redundant_mlp(path: Path) -> Path:
+    """32 -> 64 -> 5 where hidden neurons 0-31 have tiny weights: they are the least important and matter little."""
+    rng = np.random.default_rng(8)
+    w1 = rng.standard_normal((32, 64)).astype(np.float32)
+    w1[:, :32] *= 0.001
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2"),
+    ]
+    inits = {"w1": w1, "b1": np.zeros(64, np.float32), "w2": rng.standard_normal((64, 5)).astype(np.float32),
+             "b2": np.zeros(5, np.float32)}  # fmt: skip
+    return _model(path, nodes, inits, ["N", 32], ["N", 5])
+
+
+def test_sensitivity_scan_chooses_ratios_within_the_budget(tmp_path) -> None:
+    model = _redundant_mlp(tmp_path / "m.onnx")
+    x = np.random.default_rng(7).standard_normal((300, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)  # accuracy 1.0 before pruning
+    evald = data_files.npz(tmp_path / "e.npz", x=x, y=y)
+    params = {"method": "sensitivity", "max_accuracy_drop": 0.02, "drop_mode": "absolute", **PARAMS}
+    report = run_in_child("prune", _inputs(tmp_path, model, eval=evald), params)["report"]
+    sv = report["sensitivity"]
+    assert sv["metric"] == "accuracy" and sv["original_metric"] == 1.0
+    assert [(r["layer"], r["ratio"]) for r in sv["scan"]] == [("fc1", 0.25), ("fc1", 0.5), ("fc1", 0.75)]
+    assert [r["within_budget"] for r in sv["scan"]] == [True, True, False]  # the tiny half goes free, not more
+    macs = [r["macs_removed"] for r in sv["scan"]]
+    assert macs == sorted(macs) and macs[0] > 0
+    assert sv["goal_met"] is True and sv["chosen_ratios"] == {"w1": 0.5}
+    assert report["layers"][0]["units_after"] == 32 and report["comparison"]["drop"]["absolute"] <= 0.02
+    with pytest.raises(EngineError, match="eval"):
+        validate(check_and_inspect(str(model)), {}, PruneParams(method="sensitivity"))
+
+
+def test_sensitivity_with_no_room_leaves_the_model_unchanged_and_says_so(tmp_path) -> None:
+    model = _redundant_mlp(tmp_path / "m.onnx")
+    x = np.random.default_rng(7).standard_normal((300, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)
+    evald = data_files.npz(tmp_path / "e.npz", x=x, y=y)
+    params = {"method": "sensitivity", "sensitivity_ratios": [0.75, 0.9], "max_accuracy_drop": 0.0, **PARAMS}
+    report = run_in_child("prune", _inputs(tmp_path, model, eval=evald), params)["report"]
+    assert report["sensitivity"]["chosen_ratios"] == {} and report["sensitivity"]["goal_met"] is False
+    assert report["parameters"]["pruned"] == report["parameters"]["original"]
+    assert any("the model is unchanged" in w for w in report["warnings"])
