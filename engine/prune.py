@@ -249,8 +249,17 @@ def prunable_weights(model: onnx.ModelProto, params: PruneParams) -> tuple[dict[
     return chosen, alone
 
 
+def check_names(model: onnx.ModelProto, params: PruneParams) -> None:
+    """Names in params.exclude must be weights or nodes of the model: a typo would otherwise prune that layer."""
+    known = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node if n.name}
+    unknown = sorted(set(params.exclude) - known)
+    if unknown:
+        raise EngineError("unknown_layer", f"params.exclude names no weight or node of the model: {unknown[:10]}")
+
+
 def magnitude_prune(src: Path, dst: Path, params: PruneParams) -> tuple[dict[str, Any], list[dict], list[dict]]:
     model = onnx.load(str(src))
+    check_names(model, params)
     chosen, alone = prunable_weights(model, params)
     unknown = sorted(set(params.ratios or {}) - set(chosen) - {a["weight"] for a in alone})
     if unknown:
@@ -337,6 +346,7 @@ def structured_prune(src: Path, dst: Path, params: PruneParams, feeds: dict[str,
     from engine.structured import prune_structured
 
     model = onnx.load(str(src))
+    check_names(model, params)
     scores = activation_scores(src, feeds, tmp) if params.criterion == "activation" and feeds is not None else None
     known = {t.name for t in model.graph.initializer}
     unknown = sorted(set(params.ratios or {}) - known)
@@ -401,6 +411,7 @@ def sensitivity_prune(src: Path, dst: Path, params: PruneParams, judge: _Judge, 
     from engine.structured import Graph, producers, prune_structured
 
     original = onnx.load(str(src))
+    check_names(original, params)
     base_macs = describe(original).macs_per_sample or 0
     layers = [(node.name or node.output[0], weight) for node, weight, *_ in producers(Graph(original))]
     layers = [(n, w) for n, w in layers if w not in params.exclude and n not in params.exclude]
@@ -496,7 +507,13 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
     original = onnx.load(str(src))
     flow = sorted({n.op_type for n in original.graph.node if n.op_type in CONTROL_FLOW})
     if flow:
-        warnings.append(f"the graph has control flow ({', '.join(flow)}): their bodies are left untouched")
+        if params.method == "simplify":
+            warnings.append(
+                f"the graph has control flow ({', '.join(flow)}): the optimizer simplifies inside their bodies too, "
+                "and the outputs were checked only along the branches the sample inputs take"
+            )
+        else:
+            warnings.append(f"the graph has control flow ({', '.join(flow)}): their bodies are left untouched")
 
     if "eval" in inputs.datasets:
         eval_feeds, labels = inputs.feeds("eval")

@@ -55,6 +55,7 @@ class Graph:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in model.graph.output}
+        self.captured = captured_names(model.graph)  # read inside If/Loop/Scan bodies: those are left untouched
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
             infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
@@ -76,6 +77,19 @@ class Graph:
 
     def uses(self, name: str) -> int:
         return len(self.consumers.get(name, []))
+
+
+def captured_names(graph: onnx.GraphProto) -> set[str]:
+    """Names that nodes inside subgraphs (If/Loop/Scan bodies, at any depth) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                for inner in body.node:
+                    names.update(i for i in inner.input if i)
+                names |= captured_names(body)
+    return names
 
 
 def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
@@ -130,6 +144,8 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
     seen.add(tensor)
     if tensor in g.outputs:
         raise Refused(f"its units reach the graph output {tensor!r} (outputs keep their shape)")
+    if tensor in g.captured:
+        raise Refused(f"tensor {tensor!r} is read inside a control-flow body (If/Loop/Scan), which is left untouched")
     users = g.consumers.get(tensor, [])
     if not users:
         raise Refused(f"tensor {tensor!r} has no consumer to follow")

@@ -382,3 +382,49 @@ def test_sensitivity_with_no_room_leaves_the_model_unchanged_and_says_so(tmp_pat
     assert report["sensitivity"]["chosen_ratios"] == {} and report["sensitivity"]["goal_met"] is False
     assert report["parameters"]["pruned"] == report["parameters"]["original"]
     assert any("the model is unchanged" in w for w in report["warnings"])
+
+
+def test_control_flow_bodies_are_left_untouched(tmp_path) -> None:
+    """fc1's output is read by fc2 and, from the outer scope, inside an If's branches: fc1 is left alone."""
+    rng = np.random.default_rng(9)
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("Identity", ["r"], [f"{name}_out"])],
+        name,
+        [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 16])],
+    )
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2"),
+        helper.make_node("If", ["cond"], ["z"], then_branch=branch("then"), else_branch=branch("else"), name="if"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cf",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16]),
+        ],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(np.array(True), "cond"),
+        ],
+    )
+    model = tmp_path / "cf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=onnx_models.OPSET, ir_version=8), str(model))
+    with pytest.raises(EngineError) as exc:
+        _structured(tmp_path, model, ratio=0.5)
+    assert exc.value.code == "nothing_to_prune" and "control-flow body" in exc.value.detail
+    report = run_in_child("prune", _inputs(tmp_path, model), {"method": "magnitude", "ratio": 0.5, **PARAMS})["report"]
+    assert any("control flow (If)" in w for w in report["warnings"])
+
+
+def test_unknown_exclude_names_are_refused(tmp_path) -> None:
+    model = onnx_models.mlp(tmp_path / "m.onnx")
+    for method in ("magnitude", "structured"):
+        with pytest.raises(EngineError) as exc:
+            _structured(tmp_path, model, method=method, ratio=0.5, exclude=["fc9"])
+        assert exc.value.code == "unknown_layer" and "fc9" in exc.value.detail
