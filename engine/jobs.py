@@ -86,9 +86,10 @@ class JobKind:
 
 
 def _registry() -> dict[str, JobKind]:
-    from engine import benchmark, diagnose, evaluate, prune, quantize
+    from engine import benchmark, diagnose, distill, evaluate, prune, quantize
 
-    return {k.name: k for k in (evaluate.KIND, benchmark.KIND, quantize.KIND, diagnose.KIND, prune.KIND)}
+    kinds = (evaluate.KIND, benchmark.KIND, quantize.KIND, diagnose.KIND, prune.KIND, distill.KIND)
+    return {k.name: k for k in kinds}
 
 
 KINDS: dict[str, JobKind] = {}

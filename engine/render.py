@@ -261,6 +261,17 @@ def diagnose_charts(report: dict[str, Any]) -> dict[str, Markup]:
     }
 
 
+def distill_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    history = report.get("history") or {}
+    curves = {
+        name: [(i + 1.0, v) for i, v in enumerate(history.get(key) or []) if v is not None]
+        for name, key in (("train loss", "loss"), ("validation loss", "val_loss"))
+        if history.get(key)
+    }
+    marks = [(float(report["best_epoch"]), f"best epoch {report['best_epoch']}")] if report.get("best_epoch") else []
+    return {"curves": line_chart(curves, x_label="epoch", y_label="loss", marks=marks) if curves else Markup("")}
+
+
 def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: int = 560, height: int = 320) -> Markup:
     """Trials as points {x, y, label, front, chosen}: the Pareto front filled and joined, the chosen one ringed."""
     if not points:
@@ -388,7 +399,11 @@ _env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoes
 _env.filters["fmt"] = _fmt
 _env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 _env.globals.update(
-    heatmap=heatmap, benchmark_charts=benchmark_charts, quantize_charts=quantize_charts, diagnose_charts=diagnose_charts
+    heatmap=heatmap,
+    benchmark_charts=benchmark_charts,
+    quantize_charts=quantize_charts,
+    diagnose_charts=diagnose_charts,
+    distill_charts=distill_charts,
 )
 
 

@@ -395,3 +395,28 @@ def test_prune_registers_the_pruned_model(api, worker, tmp_path) -> None:
         "/v1/jobs", json={"kind": "prune", "model_id": model_id, "params": {"method": "magnitude", "ratio": 1.5}}
     )
     assert r.status_code == 422 and "params.ratio" in r.json()["detail"]
+
+
+def test_distill_through_the_api(api, worker, tmp_path) -> None:
+    pytest.importorskip("torch", reason="the train extra")
+    import onnxruntime as ort
+
+    model_path = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=16, hidden=64, n_out=4)
+    x = np.random.default_rng(3).standard_normal((300, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(model_path)).run(None, {"x": x})[0].argmax(axis=1)
+    model_id = upload_model(api, model_path)
+    train = upload_dataset(api, data_files.npz(tmp_path / "train.npz", x=x[:200], y=y[:200]))
+    val = upload_dataset(api, data_files.npz(tmp_path / "val.npz", x=x[200:], y=y[200:]))
+    params = {"student": {"auto": {"ratio": 0.5}}, "epochs": 3, "runs": 5, "batch_sizes": [1]}
+    job = submit(api, kind="distill", model_id=model_id, datasets={"train": train, "validation": val}, params=params)
+    done = wait_job(api, job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["epochs_run"] == 3 and report["parameters"]["student"] < report["parameters"]["teacher"]
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["name"] == "mlp-distilled" and produced["source_job_id"] == job["id"]
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and "Distillation: student at 0.5" in page.text and "Learning curves" in page.text
+    unlabeled = upload_dataset(api, data_files.npz(tmp_path / "u.npz", x=x))
+    r = api.post("/v1/jobs", json={"kind": "distill", "model_id": model_id, "datasets": {"train": unlabeled}})
+    assert r.status_code == 422 and "labels" in r.json()["detail"]
