@@ -1,10 +1,11 @@
 """The `distill` job: train a smaller student to imitate the original model (the teacher), recovering the accuracy
 that structured pruning costs (Hinton et al., 2015).
 
-Student (this slice): the teacher structurally pruned by the prune engine (`student: auto`, `ratio`). A student
-from another model of the tenant (`student_model_id`) is not built yet. The student trains as its own ONNX graph
-in PyTorch (engine/torch_graph.py); the trained weights go back into the same initializers, and ONNX Runtime
-on the result is checked against the interpreter. Teacher outputs are computed once with ONNX Runtime.
+Student: another model of the tenant with the same signature (`student_model_id`, typically a prune job's
+output), or the teacher structurally pruned by the prune engine (`student: auto`, `ratio`). The student trains
+as its own ONNX graph in PyTorch (engine/torch_graph.py); the trained weights go back into the same
+initializers, and ONNX Runtime on the result is checked against the interpreter. Teacher outputs are computed
+once with ONNX Runtime.
 
 Loss — classification: alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) ||
 softmax(student / T)); regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher).
@@ -39,8 +40,11 @@ INTERPRETER_TOLERANCE = 1e-3
 class DistillParams(StrictParams):
     student: Literal["auto"] = Field(
         default="auto",
-        description="auto: the teacher structurally pruned by `ratio` (prune engine, L1). Students from other "
-        "models (student_model_id) are not built yet",
+        description="auto: the teacher structurally pruned by `ratio` (prune engine, L1); ignored when "
+        "student_model_id is given",
+    )
+    student_model_id: str | None = Field(
+        default=None, description="A model of the tenant to train instead (same inputs and outputs as the teacher)"
     )
     ratio: float = Field(default=0.5, gt=0, lt=1, description="auto student: fraction of each layer's units removed")
     temperature: float = Field(default=4.0, gt=0, le=100, description="Softens both distributions (classification)")
@@ -71,6 +75,8 @@ class DistillParams(StrictParams):
             auto = data["student"].get("auto")
             if not isinstance(auto, dict) or set(data["student"]) != {"auto"}:
                 raise ValueError('student must be "auto" or {"auto": {"ratio": r}}')
+            if data.get("student_model_id"):
+                raise ValueError("give student_model_id or an auto student, not both")
             data = {**data, "student": "auto", **({"ratio": auto["ratio"]} if "ratio" in auto else {})}
         return data
 
@@ -114,6 +120,22 @@ def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: Dist
     pick_output(info, params.output)
 
 
+def validate_models(info: ModelInfo, others: dict[str, ModelInfo], params: DistillParams) -> None:
+    """The student must take the teacher's inputs and give its outputs (names, types, fixed dimensions)."""
+    student = others["student"]
+
+    def signature(specs: list[Any]) -> list[tuple]:
+        return [(s.name, s.elem_type, [d if isinstance(d, int) else None for d in (s.shape or [])][1:]) for s in specs]
+
+    for side in ("inputs", "outputs"):
+        a, b = signature(getattr(info, side)), signature(getattr(student, side))
+        if a != b:
+            raise EngineError(
+                "incompatible_model",
+                f"the student's {side} {b} do not match the teacher's {a} (names, types and non-batch dimensions)",
+            )
+
+
 def _teacher_outputs(path: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
     session = make_session(path, 1)
     return run_batched(session, feeds_for(session, feeds), output, 256).astype(np.float32)
@@ -141,12 +163,22 @@ def run(inputs: JobInputs, params: DistillParams, progress: Progress) -> tuple[D
     torch.manual_seed(params.seed)
     torch.set_num_threads(min(params.threads, inputs.max_threads))
 
-    progress(0.02, "making the student (structured pruning of the teacher)")
-    student = onnx.load(teacher_path)
-    rows, alone = prune_structured(student, params.ratio, None, "l1", set(), set())
-    if not rows:
-        reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10])
-        raise EngineError("nothing_to_prune", f"no layer of the teacher could be pruned to make a student ({reasons})")
+    if params.student_model_id:
+        student = onnx.load(inputs.models["student"].path)
+        rows, alone = [], []
+        made_by = f"model {params.student_model_id}"
+        if inputs.models["student"].info.parameter_count >= info.parameter_count:
+            warnings.append("the student has at least as many parameters as the teacher (allowed)")
+    else:
+        progress(0.02, "making the student (structured pruning of the teacher)")
+        student = onnx.load(teacher_path)
+        rows, alone = prune_structured(student, params.ratio, None, "l1", set(), set())
+        if not rows:
+            reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10])
+            raise EngineError(
+                "nothing_to_prune", f"no layer of the teacher could be pruned to make a student ({reasons})"
+            )
+        made_by = f"structured pruning of the teacher, ratio {params.ratio} (L1)"
     module = OnnxModule(student)
 
     progress(0.05, "computing the teacher's outputs")
@@ -309,14 +341,14 @@ def run(inputs: JobInputs, params: DistillParams, progress: Progress) -> tuple[D
     )
     if eval_role == "train":
         warnings.append("no validation or eval dataset: the comparison is measured on the training data")
-    if out_info.parameter_count >= info.parameter_count:
+    if out_info.parameter_count >= info.parameter_count and not params.student_model_id:
         warnings.append("the student is not smaller than the teacher")
     machine.load_average_1m_after = load_average()
     report = DistillReport(
         warnings=warnings,
         machine=machine,
         student={
-            "made_by": f"structured pruning of the teacher, ratio {params.ratio} (L1)",
+            "made_by": made_by,
             "pruned_layers": rows,
             "left_alone": alone,
             "trainable_tensors": len(params_list),
@@ -375,4 +407,6 @@ KIND = JobKind(
     required=("train",),
     queue="default",
     threads=lambda p: p.threads,
+    other_models=lambda p: {"student": p.student_model_id} if p.student_model_id else {},
+    validate_models=validate_models,
 )

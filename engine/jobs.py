@@ -36,9 +36,17 @@ class DatasetInput(BaseModel):
     summary: DatasetSummary
 
 
+class ModelInput(BaseModel):
+    path: str
+    info: ModelInfo
+
+
 class JobInputs(BaseModel):
     model_path: str
     model_info: ModelInfo
+    models: dict[str, ModelInput] = Field(
+        default_factory=dict, description="Other models the params name (JobKind.other_models), by role"
+    )
     datasets: dict[str, DatasetInput] = Field(description="By role, already resolved (eval <- test <- validation)")
     out_dir: str
     max_threads: int = 1
@@ -83,6 +91,8 @@ class JobKind:
     required: tuple[str, ...] = ()
     queue: Literal["default", "measure"] = "default"
     threads: Callable[[Any], int] = lambda params: 1
+    other_models: Callable[[Any], dict[str, str]] = lambda params: {}  # role -> model id named in the params
+    validate_models: Callable[[ModelInfo, dict[str, ModelInfo], Any], None] | None = None
 
 
 def _registry() -> dict[str, JobKind]:

@@ -93,8 +93,12 @@ def line_chart(
         parts.append(
             f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{height - bottom}" stroke="{PALETTE[3 + i % 3]}" '
             f'stroke-dasharray="4 3"><title>{_esc(label)}</title></line>'
-            f'<text x="{px(x) + 4:.1f}" y="{top + 12 + 14 * i}" font-size="11" fill="{PALETTE[3 + i % 3]}">'
-            f"{_esc(label)}</text>"
+            + (  # labels near the right edge go to the left of their line
+                f'<text x="{px(x) - 4:.1f}" y="{top + 12 + 14 * i}" font-size="11" text-anchor="end" '
+                if px(x) > width - right - 110
+                else f'<text x="{px(x) + 4:.1f}" y="{top + 12 + 14 * i}" font-size="11" '
+            )
+            + f'fill="{PALETTE[3 + i % 3]}">{_esc(label)}</text>'
         )
     parts.append(
         f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.inspect import ModelInfo
-from engine.jobs import DatasetInput, JobInputs, JobOutput
+from engine.jobs import DatasetInput, JobInputs, JobOutput, ModelInput, get_kind
 from engine.sandbox import Limits, run_isolated
 from service.artifacts import repository as artifacts_repo
 from service.artifacts.tables import Artifact
@@ -180,6 +180,13 @@ def _fetch_inputs(ctx: Context, job_id: str, tmp: Path) -> tuple[Any, dict[str, 
         missing = [role for role, i in job.datasets.items() if i not in found]
         if missing:
             raise EngineError("dataset_missing", f"the job's dataset(s) for {missing} were deleted before it ran")
+        kind = get_kind(job.kind)
+        others = {}
+        for role, other_id in kind.other_models(kind.params.model_validate(job.params)).items():
+            other = models_repo.get(db, tenant_id=job.tenant_id, model_id=other_id)
+            if other is None:
+                raise EngineError("model_missing", f"the {role} model {other_id} was deleted before the job ran")
+            others[role] = other
         rows = {"job": job, "model": model, "datasets": {role: found[i] for role, i in job.datasets.items()}}
     model_path = tmp / "model.onnx"
     ctx.store.download(rows["model"].blob_key, model_path, sha256=rows["model"].sha256, size=rows["model"].size_bytes)
@@ -190,9 +197,15 @@ def _fetch_inputs(ctx: Context, job_id: str, tmp: Path) -> tuple[Any, dict[str, 
         datasets[role] = DatasetInput(
             path=str(path), format=ds.format, label=ds.label, summary=DatasetSummary.model_validate(ds.summary)
         )
+    models = {}
+    for role, other in others.items():
+        path = tmp / f"{role}.model.onnx"
+        ctx.store.download(other.blob_key, path, sha256=other.sha256, size=other.size_bytes)
+        models[role] = ModelInput(path=str(path), info=ModelInfo.model_validate(other.info))
     out_dir = tmp / "out"
     out_dir.mkdir()
     inputs = JobInputs(
+        models=models,
         model_path=str(model_path),
         model_info=ModelInfo.model_validate(rows["model"].info),
         datasets=datasets,

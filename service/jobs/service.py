@@ -37,6 +37,7 @@ _REQUEST_PROBLEMS = {
     "unsupported": "unsupported",
     "already_quantized": "already-quantized",
     "nothing_to_quantize": "nothing-to-quantize",
+    "incompatible_model": "incompatible-model",
 }
 
 
@@ -112,6 +113,12 @@ def submit(
     model = models_repo.get(db, tenant_id=tenant_id, model_id=body.model_id)
     if model is None:
         raise not_found("model", body.model_id)
+    others = {}
+    for role, other_id in kind.other_models(params).items():
+        other = models_repo.get(db, tenant_id=tenant_id, model_id=other_id)
+        if other is None:
+            raise not_found("model", other_id)
+        others[role] = ModelInfo.model_validate(other.info)
     found = datasets_repo.get_many(db, tenant_id=tenant_id, ids=list(set(body.datasets.values())))
     for dataset_id in body.datasets.values():
         if dataset_id not in found:
@@ -120,6 +127,8 @@ def submit(
         roles = resolve_roles(kind, body.datasets)
         summaries = {role: DatasetSummary.model_validate(found[i].summary) for role, i in roles.items()}
         kind.validate(ModelInfo.model_validate(model.info), summaries, params)
+        if others and kind.validate_models is not None:
+            kind.validate_models(ModelInfo.model_validate(model.info), others, params)
     except EngineError as exc:
         type_ = _REQUEST_PROBLEMS.get(exc.code)
         if type_ is None:

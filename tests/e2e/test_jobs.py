@@ -420,3 +420,32 @@ def test_distill_through_the_api(api, worker, tmp_path) -> None:
     unlabeled = upload_dataset(api, data_files.npz(tmp_path / "u.npz", x=x))
     r = api.post("/v1/jobs", json={"kind": "distill", "model_id": model_id, "datasets": {"train": unlabeled}})
     assert r.status_code == 422 and "labels" in r.json()["detail"]
+
+
+def test_prune_then_distill_the_pruned_model_through_the_api(api, worker, tmp_path) -> None:
+    """The chain users build: a prune job's output becomes the distill job's student (student_model_id)."""
+    pytest.importorskip("torch", reason="the train extra")
+    import onnxruntime as ort
+
+    model_path = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=16, hidden=64, n_out=4)
+    x = np.random.default_rng(4).standard_normal((300, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(model_path)).run(None, {"x": x})[0].argmax(axis=1)
+    teacher = upload_model(api, model_path)
+    train = upload_dataset(api, data_files.npz(tmp_path / "train.npz", x=x[:200], y=y[:200]))
+    val = upload_dataset(api, data_files.npz(tmp_path / "val.npz", x=x[200:], y=y[200:]))
+    pruned = submit(api, kind="prune", model_id=teacher, params={"method": "structured", "ratio": 0.5, "runs": 5})
+    assert wait_job(api, pruned["id"], timeout=120)["status"] == "succeeded"
+    student = api.get(f"/v1/jobs/{pruned['id']}/report").json()["output_model_id"]
+    params = {"student_model_id": student, "epochs": 3, "runs": 5, "batch_sizes": [1]}
+    job = submit(api, kind="distill", model_id=teacher, datasets={"train": train, "validation": val}, params=params)
+    done = wait_job(api, job["id"], timeout=180)
+    assert done["status"] == "succeeded", {k: v for k, v in done.items() if "error" in k}
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["student"]["made_by"] == f"model {student}" and report["epochs_run"] == 3
+    # Bad students: one that does not exist (404), one with another signature (422).
+    body = {"kind": "distill", "model_id": teacher, "datasets": {"train": train, "validation": val}}
+    r = api.post("/v1/jobs", json={**body, "params": {"student_model_id": "mdl_nope"}})
+    assert r.status_code == 404 and "mdl_nope" in r.json()["detail"]
+    other = upload_model(api, onnx_models.mlp(tmp_path / "other.onnx", n_in=16, hidden=8, n_out=5))
+    r = api.post("/v1/jobs", json={**body, "params": {"student_model_id": other}})
+    assert r.status_code == 422 and r.json()["type"].endswith("/incompatible-model") and "outputs" in r.json()["detail"]

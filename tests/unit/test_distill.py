@@ -98,7 +98,8 @@ def test_bad_requests(tmp_path, teacher) -> None:
     with pytest.raises(EngineError, match="validation"):
         validate(info, {"train": unlabeled}, DistillParams(alpha=0.0))
     assert DistillParams.model_validate({"student": {"auto": {"ratio": 0.3}}}).ratio == 0.3
-    for bad in ({"student": {"other": 1}}, {"ratio": 1.0}, {"temperature": 0}, {"student_model_id": "mdl_x"}):
+    both = {"student": {"auto": {"ratio": 0.3}}, "student_model_id": "mdl_x"}
+    for bad in ({"student": {"other": 1}}, {"ratio": 1.0}, {"temperature": 0}, both, {"teacher": "x"}):
         with pytest.raises(ValueError):
             DistillParams.model_validate(bad)
 
@@ -123,3 +124,12 @@ def test_digits_student_at_half_width_comes_back_within_a_point_of_its_teacher(t
     report = run_in_child("distill", _inputs(tmp_path, teacher, train=train, validation=test), params)["report"]
     acc = report["comparison"]["metrics"]["accuracy"]
     assert acc["original"] - acc["candidate"] <= 0.01, (report["before_training"], acc)
+
+
+def test_a_diverging_run_stops_and_keeps_the_best_weights(tmp_path, teacher) -> None:
+    model, train, val = teacher
+    params = {**FAST, "optimizer": "sgd", "learning_rate": 10.0, "epochs": 10}  # measured: NaN at epoch 4
+    report = run_in_child("distill", _inputs(tmp_path, model, train=train, validation=val), params)["report"]
+    assert report["diverged_at_epoch"] is not None and report["epochs_run"] == report["diverged_at_epoch"] - 1
+    assert any("NaN/inf" in w for w in report["warnings"])
+    assert report["comparison"]["fidelity"][0]["non_finite_values"] == 0  # the restored weights are finite
