@@ -136,6 +136,18 @@ def validate_models(info: ModelInfo, others: dict[str, ModelInfo], params: Disti
             )
 
 
+# Training throughput of the interpreter, optimistic on purpose (measured 4.7-6.4 GMAC/s forward+backward on the
+# digits models, 1 thread, BENCHMARKS.md): the estimate refuses only runs that cannot fit the job time limit.
+OPTIMISTIC_MACS_PER_S = 10e9
+
+
+def estimate_seconds(info: ModelInfo, summaries: dict[str, DatasetSummary], params: DistillParams) -> float | None:
+    """Training time if every epoch ran: epochs x train samples x 3 (forward, backward) x the teacher's MACs."""
+    if not info.macs_per_sample or "train" not in summaries:
+        return None
+    return params.epochs * summaries["train"].sample_count * 3 * info.macs_per_sample / OPTIMISTIC_MACS_PER_S
+
+
 def _teacher_outputs(path: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
     session = make_session(path, 1)
     return run_batched(session, feeds_for(session, feeds), output, 256).astype(np.float32)
@@ -409,4 +421,5 @@ KIND = JobKind(
     threads=lambda p: p.threads,
     other_models=lambda p: {"student": p.student_model_id} if p.student_model_id else {},
     validate_models=validate_models,
+    estimate_seconds=estimate_seconds,
 )

@@ -93,6 +93,8 @@ class JobKind:
     threads: Callable[[Any], int] = lambda params: 1
     other_models: Callable[[Any], dict[str, str]] = lambda params: {}  # role -> model id named in the params
     validate_models: Callable[[ModelInfo, dict[str, ModelInfo], Any], None] | None = None
+    # A lower bound of the job's running time from what is known at submit, or None (checked against the limit).
+    estimate_seconds: Callable[[ModelInfo, dict[str, DatasetSummary], Any], float | None] | None = None
 
 
 def _registry() -> dict[str, JobKind]:

@@ -38,6 +38,7 @@ _REQUEST_PROBLEMS = {
     "already_quantized": "already-quantized",
     "nothing_to_quantize": "nothing-to-quantize",
     "incompatible_model": "incompatible-model",
+    "too_long": "too-long",
 }
 
 
@@ -129,6 +130,18 @@ def submit(
         kind.validate(ModelInfo.model_validate(model.info), summaries, params)
         if others and kind.validate_models is not None:
             kind.validate_models(ModelInfo.model_validate(model.info), others, params)
+        estimate = (
+            kind.estimate_seconds(ModelInfo.model_validate(model.info), summaries, params)
+            if kind.estimate_seconds
+            else None
+        )
+        if estimate is not None and estimate > settings.job_time_limit_s:
+            raise EngineError(
+                "too_long",
+                f"this job would run about {estimate:,.0f} s at least (an optimistic estimate from the model's MACs, "
+                f"the samples and the params), more than the job time limit of {settings.job_time_limit_s:g} s "
+                "(ONNXSMITH_JOB_TIME_LIMIT_S): ask for fewer epochs or samples",
+            )
     except EngineError as exc:
         type_ = _REQUEST_PROBLEMS.get(exc.code)
         if type_ is None:

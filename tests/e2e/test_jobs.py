@@ -420,6 +420,19 @@ def test_distill_through_the_api(api, worker, tmp_path) -> None:
     unlabeled = upload_dataset(api, data_files.npz(tmp_path / "u.npz", x=x))
     r = api.post("/v1/jobs", json={"kind": "distill", "model_id": model_id, "datasets": {"train": unlabeled}})
     assert r.status_code == 422 and "labels" in r.json()["detail"]
+    # 1,000 epochs of a 1M-MAC model on 200 samples cannot fit the 60 s limit of these tests: refused with the estimate.
+    wide = upload_model(api, onnx_models.mlp(tmp_path / "wide.onnx", n_in=256, hidden=4096, n_out=4))
+    wide_train = upload_dataset(api, data_files.npz(tmp_path / "w.npz", x=np.zeros((200, 256), np.float32), y=y[:200]))
+    body = {"kind": "distill", "model_id": wide, "datasets": {"train": wide_train}}
+    r = api.post("/v1/jobs", json={**body, "params": {"epochs": 1000, "monitor": "loss"}})
+    assert (
+        r.status_code == 422
+        and r.json()["type"].endswith("/too-long")
+        and "job time limit of 60 s" in r.json()["detail"]
+    )
+    r = api.post("/v1/jobs", json={**body, "params": {"epochs": 2, "monitor": "loss"}})
+    assert r.status_code == 202  # 2 epochs fit
+    assert api.post(f"/v1/jobs/{r.json()['id']}/cancel").status_code in (200, 202)
 
 
 def test_prune_then_distill_the_pruned_model_through_the_api(api, worker, tmp_path) -> None:
