@@ -133,3 +133,20 @@ def test_a_diverging_run_stops_and_keeps_the_best_weights(tmp_path, teacher) -> 
     assert report["diverged_at_epoch"] is not None and report["epochs_run"] == report["diverged_at_epoch"] - 1
     assert any("NaN/inf" in w for w in report["warnings"])
     assert report["comparison"]["fidelity"][0]["non_finite_values"] == 0  # the restored weights are finite
+
+
+def test_a_small_cnn_student(tmp_path) -> None:
+    """Conv -> Relu -> Reshape -> MatMul: the conv loses half its channels, the Reshape's constant follows."""
+    import onnxruntime as ort
+
+    model = onnx_models.cnn(tmp_path / "cnn.onnx")
+    x = np.random.default_rng(1).standard_normal((240, 3, 32, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)
+    train = data_files.npz(tmp_path / "train.npz", x=x[:180], y=y[:180])
+    val = data_files.npz(tmp_path / "val.npz", x=x[180:], y=y[180:])
+    params = {**FAST, "epochs": 8, "alpha": 0.0}
+    report = run_in_child("distill", _inputs(tmp_path, model, train=train, validation=val), params)["report"]
+    assert report["student"]["pruned_layers"][0]["units_after"] == 4 and report["interpreter_max_difference"] < 1e-3
+    assert report["history"]["val_loss"][-1] < report["history"]["val_loss"][0]  # it learns
+    produced = onnx.load(str(tmp_path / "out" / "model.distilled.onnx"))
+    assert {t.name: list(t.dims) for t in produced.graph.initializer}["w"] == [4, 3, 3, 3]
