@@ -172,6 +172,26 @@ def metric_comparison(
     return out, primary, drop
 
 
+def eval_data(
+    inputs: Any, max_samples: int | None, synthetic: int, warnings: list[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, Any, str | None]:
+    """The data a comparison runs on: the `eval` dataset (its first `max_samples`), else `synthetic` random inputs
+    from the model's signature with a warning. Returns (feeds, labels, label summary, task)."""
+    if "eval" not in inputs.datasets:
+        from engine.benchmark import synthetic_input
+
+        rng = np.random.default_rng(0)
+        feeds = {s.name: synthetic_input(s, synthetic, {}, rng) for s in inputs.model_info.inputs}
+        warnings.append("no eval dataset: fidelity is measured on random inputs and no task metric is reported")
+        return feeds, None, None, None
+    feeds, labels = inputs.feeds("eval")
+    summary = inputs.datasets["eval"].summary
+    if max_samples is not None:
+        feeds = {k: v[:max_samples] for k, v in feeds.items()}
+        labels = labels[:max_samples] if labels is not None else None
+    return feeds, labels, summary, summary.label.kind if summary.label else None
+
+
 def compare(
     original: str,
     candidate: str,

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from pydantic import Field, field_validator
 
 from engine import binding
-from engine.compare import Comparison, compare, feeds_for
+from engine.compare import Comparison, compare, eval_data, feeds_for
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import pick_output
@@ -515,18 +515,7 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
         else:
             warnings.append(f"the graph has control flow ({', '.join(flow)}): their bodies are left untouched")
 
-    if "eval" in inputs.datasets:
-        eval_feeds, labels = inputs.feeds("eval")
-        summary = inputs.datasets["eval"].summary
-        task = summary.label.kind if summary.label else None
-        if params.eval_max_samples is not None:
-            eval_feeds = {k: v[: params.eval_max_samples] for k, v in eval_feeds.items()}
-            labels = labels[: params.eval_max_samples] if labels is not None else None
-    else:
-        from engine.quantize import _synthetic_feeds
-
-        eval_feeds, labels, summary, task = _synthetic_feeds(info, forced or 64), None, None, None
-        warnings.append("no eval dataset: fidelity is measured on random inputs and no task metric is reported")
+    eval_feeds, labels, summary, task = eval_data(inputs, params.eval_max_samples, forced or 64, warnings)
 
     progress(0.05, f"pruning ({params.method})")
     started = time.perf_counter()
@@ -583,8 +572,8 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
         )
     elif params.method in ("structured", "sensitivity"):
         warnings.append(
-            "structured pruning without fine-tuning loses accuracy: see the change below; distilling the pruned "
-            "model from the original (a distill job, issue #8, planned) is the next step"
+            "structured pruning without fine-tuning loses accuracy: see the change below; the next step is a distill "
+            "job with this model as the student (params.student_model_id) and the original as the teacher"
         )
     else:
         warnings.append(

@@ -20,7 +20,7 @@ from onnx import TensorProto
 from pydantic import Field, field_validator
 
 from engine import binding
-from engine.compare import Comparison, compare
+from engine.compare import Comparison, compare, eval_data
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import pick_output
@@ -242,13 +242,6 @@ class _Reader:
 
 def _feeds(inputs: JobInputs, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, DatasetSummary]:
     return (*inputs.feeds(role), inputs.datasets[role].summary)
-
-
-def _synthetic_feeds(info: ModelInfo, n: int) -> dict[str, np.ndarray]:
-    from engine.benchmark import synthetic_input
-
-    rng = np.random.default_rng(0)
-    return {s.name: synthetic_input(s, n, {}, rng) for s in info.inputs}
 
 
 def left_in_float(path: Path) -> list[str]:
@@ -528,15 +521,7 @@ def run(inputs: JobInputs, params: QuantizeParams, progress: Progress) -> tuple[
                 f"only {reader.samples} calibration samples: ranges may not cover real inputs "
                 "(100-1000 representative samples are typical)"
             )
-    if "eval" in inputs.datasets:
-        eval_feeds, labels, summary = _feeds(inputs, "eval")
-        task = summary.label.kind if summary.label else None
-        if params.eval_max_samples is not None:
-            eval_feeds = {k: v[: params.eval_max_samples] for k, v in eval_feeds.items()}
-            labels = labels[: params.eval_max_samples] if labels is not None else None
-    else:
-        eval_feeds, labels, summary, task = _synthetic_feeds(info, forced or 64), None, None, None
-        warnings.append("no eval dataset: fidelity is measured on random inputs and no task metric is reported")
+    eval_feeds, labels, summary, task = eval_data(inputs, params.eval_max_samples, forced or 64, warnings)
 
     auto, mode = None, params.mode
     if params.mode == "auto":

@@ -10,31 +10,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.datasets import inspect_dataset
 from engine.errors import EngineError
 from engine.inspect import check_and_inspect
 from engine.jobs import run_in_child
 from engine.prune import PruneParams, validate
 from tests import data_files, onnx_models
+from tests.job_inputs import job_inputs
 
 PARAMS = {"runs": 5, "warmup_runs": 1, "batch_sizes": [1]}
 
 
 def _inputs(tmp_path: Path, model: Path, **datasets: Path) -> dict:
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    ds = {}
-    for role, path in datasets.items():
-        summary = inspect_dataset(str(path), "npz", "samples", None)
-        label = summary.label.name if summary.label else None
-        ds[role] = {"path": str(path), "format": "npz", "label": label, "summary": summary.model_dump(mode="json")}
-    return {
-        "model_path": str(model),
-        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": ds,
-        "out_dir": str(out),
-        "max_threads": 1,
-    }
+    return job_inputs(tmp_path, model, max_threads=1, **datasets)
 
 
 def cluttered_cnn(path: Path) -> Path:

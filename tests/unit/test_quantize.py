@@ -15,27 +15,11 @@ from engine.inspect import check_and_inspect
 from engine.jobs import run_in_child
 from engine.quantize import QuantizeParams, validate
 from tests import data_files, onnx_models
+from tests.job_inputs import job_inputs
 
 
 def _inputs(tmp_path: Path, model: Path, **datasets: Path) -> dict:
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    ds = {}
-    for role, path in datasets.items():
-        summary = inspect_dataset(str(path), "npz", "samples", None)
-        ds[role] = {
-            "path": str(path),
-            "format": "npz",
-            "label": summary.label.name if summary.label else None,
-            "summary": summary.model_dump(mode="json"),
-        }
-    return {
-        "model_path": str(model),
-        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": ds,
-        "out_dir": str(out),
-        "max_threads": 2,
-    }
+    return job_inputs(tmp_path, model, max_threads=2, **datasets)
 
 
 @pytest.fixture
