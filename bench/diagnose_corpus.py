@@ -115,22 +115,6 @@ def train_mlp(split, sizes, epochs, n_train, weight_decay, lr, seed=0):
     return net, history
 
 
-def mlp_to_onnx(net, path: Path) -> Path:
-    import torch
-
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    inits, nodes, prev = {}, [], "x"
-    for i, layer in enumerate(linears):
-        inits[f"fc{i}.weight"] = layer.weight.detach().numpy()
-        inits[f"fc{i}.bias"] = layer.bias.detach().numpy()
-        out = "logits" if i == len(linears) - 1 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [out], transB=1, name=f"fc{i}"))
-        if out != "logits":
-            nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
-            prev = f"r{i}"
-    return models._model(nodes, inits, "mlp", ["N", 64], ["N", 10], path)
-
-
 def write_history(history: dict, path: Path, shape: str) -> Path:
     if shape == "keras":
         path.write_text(json.dumps(history))
@@ -165,7 +149,7 @@ def digits_cases(work: Path) -> list[dict]:
     x_tr, y_tr = split["x_train"], split["y_train"]
     for i, (name, truth, sizes, epochs, n_train, wd, lr, shape) in enumerate(specs):
         net, history = train_mlp(split, sizes, epochs, n_train, wd, lr)
-        model = mlp_to_onnx(net, work / f"digits{i}.onnx")
+        model = models.mlp_to_onnx(net, work / f"digits{i}.onnx")
         n_val = 60 if "60 val" in name else len(split["x_test"])
         train = data_files.npz(work / f"digits{i}-train.npz", x=x_tr[:n_train], y=y_tr[:n_train])
         val = data_files.npz(work / f"digits{i}-val.npz", x=split["x_test"][:n_val], y=split["y_test"][:n_val])

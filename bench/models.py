@@ -87,19 +87,26 @@ def digits_mlp(path: Path, split: dict[str, np.ndarray]) -> Path:
         torch.nn.Linear(256, 10),
     )
     _train(net, split["x_train"], split["y_train"], epochs=20)
-    layers = [m for m in net if isinstance(m, torch.nn.Linear)]
+    mlp_to_onnx(net, path, "digits_mlp")
+    _check_against_torch(path, net, split["x_test"])
+    return path
+
+
+def mlp_to_onnx(net, path: Path, name: str = "mlp") -> Path:
+    """A torch Sequential of Linear/ReLU layers as Gemm(transB)/Relu nodes, 64 inputs to 10 logits."""
+    import torch
+
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     inits, nodes, prev = {}, [], "x"
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(linears):
         inits[f"fc{i}.weight"] = layer.weight.detach().numpy()
         inits[f"fc{i}.bias"] = layer.bias.detach().numpy()
-        out = "logits" if i == len(layers) - 1 else f"h{i}"
+        out = "logits" if i == len(linears) - 1 else f"h{i}"
         nodes.append(helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [out], transB=1, name=f"fc{i}"))
         if out != "logits":
             nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
             prev = f"r{i}"
-    _model(nodes, inits, "digits_mlp", ["N", 64], ["N", 10], path)
-    _check_against_torch(path, net, split["x_test"])
-    return path
+    return _model(nodes, inits, name, ["N", 64], ["N", 10], path)
 
 
 def digits_cnn(path: Path, split: dict[str, np.ndarray]) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine.evaluate import class_probabilities, classification_metrics, label_indices, regression_metrics
-from engine.runtime import make_session, run_batched
+from engine.runtime import fixed_batch, make_session, run_batched
 
 BOOTSTRAP_RESAMPLES = 200
 
@@ -190,6 +190,41 @@ def eval_data(
         feeds = {k: v[:max_samples] for k, v in feeds.items()}
         labels = labels[:max_samples] if labels is not None else None
     return feeds, labels, summary, summary.label.kind if summary.label else None
+
+
+def compare_with_params(
+    original: Path,
+    candidate: Path,
+    inputs: Any,
+    evaluation: tuple[dict[str, np.ndarray], np.ndarray | None, Any, str | None],
+    params: Any,
+    progress: Callable[[float, str], None],
+) -> Comparison:
+    """`compare` as a kind that produces a model calls it: its params give the output, batch sizes, thread counts
+    (default 1 and all, capped by the worker), runs and warm-ups; a model with a fixed batch is timed at it."""
+    from engine.evaluate import pick_output
+
+    info = inputs.model_info
+    forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
+    threads = params.threads or sorted({1, inputs.max_threads})
+    threads = [t for t in threads if t <= inputs.max_threads] or [1]
+    feeds, labels, summary, task = evaluation
+    return compare(
+        str(original),
+        str(candidate),
+        outputs=[o.name for o in info.outputs],
+        eval_feeds=feeds,
+        labels=labels,
+        label_summary=summary,
+        task=task,
+        prediction_output=pick_output(info, params.output),
+        batch_sizes=[forced] if forced else params.batch_sizes,
+        threads=threads,
+        runs=params.runs,
+        warmup=params.warmup_runs,
+        run_batch=forced or 256,
+        progress=progress,
+    )
 
 
 def compare(

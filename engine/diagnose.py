@@ -303,7 +303,7 @@ def run(inputs: JobInputs, params: DiagnoseParams, progress: Progress) -> tuple[
     progress(0.9, "deciding")
     verdict, summary, evidence = decide(task, primary, splits, gap, history, weights, params, identical)
     hidden = hidden_layers(Path(inputs.model_path))
-    remedies = suggest(verdict, task, primary, splits, gap, history, weights, evidence, info, params, hidden)
+    remedies = suggest(verdict, primary, splits, gap, history, evidence, info, params, hidden)
     machine.load_average_1m_after = load_average()
     report = DiagnoseReport(
         warnings=warnings,
@@ -453,31 +453,31 @@ def decide(
     identical: bool,
 ) -> tuple[Verdict, str, list[Evidence]]:
     ev: list[Evidence] = []
+
+    def note(code: str, points_to: str, text: str) -> None:
+        ev.append(Evidence(code=code, points_to=points_to, text=text))  # type: ignore[arg-type]
+
     tr, va = splits["train"], splits["validation"]
     small = [r for r, s in splits.items() if s.samples < p.min_samples]
     if small:
-        ev.append(
-            Evidence(
-                code="too_few_samples",
-                points_to="inconclusive",
-                text=f"{', '.join(f'{r} has {splits[r].samples}' for r in small)} samples, fewer than {p.min_samples}: "
-                "intervals are too wide to decide",
-            )
+        note(
+            "too_few_samples",
+            "inconclusive",
+            f"{', '.join(f'{r} has {splits[r].samples}' for r in small)} samples, fewer than {p.min_samples}: "
+            "intervals are too wide to decide",
         )
     if identical:
-        ev.append(Evidence(code="same_data", points_to="inconclusive", text="train and validation are the same data"))
+        note("same_data", "inconclusive", "train and validation are the same data")
     overfit = underfit = straddle = False
     learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
     onset = history is not None and history.overfit_onset_epoch is not None
     if gap is not None and gap.relative is not None and not learned:
-        ev.append(
-            Evidence(
-                code="gap_of_an_unfit_model",
-                points_to="none",
-                text=f"{primary} is {_num(tr.metrics[primary])} on train and {_num(va.metrics[primary])} on "
-                f"validation: the model fits too little of train (gain {_pct(tr.gain)}) for the gap to mean "
-                "overfitting",
-            )
+        note(
+            "gap_of_an_unfit_model",
+            "none",
+            f"{primary} is {_num(tr.metrics[primary])} on train and {_num(va.metrics[primary])} on "
+            f"validation: the model fits too little of train (gain {_pct(tr.gain)}) for the gap to mean "
+            "overfitting",
         )
     elif gap is not None and gap.relative is not None:
         lo, hi = gap.relative_ci95 or [None, None]
@@ -489,49 +489,31 @@ def decide(
         )
         if gap.relative >= p.overfit_relative_gap and lo is not None and lo > 0:
             overfit = True
-            ev.append(
-                Evidence(
-                    code="significant_gap",
-                    points_to="overfit",
-                    text=text + f"; at or above the {_pct(p.overfit_relative_gap)} threshold and significant",
-                )
+            note(
+                "significant_gap",
+                "overfit",
+                text + f"; at or above the {_pct(p.overfit_relative_gap)} threshold and significant",
             )
         elif gap.relative >= p.overfit_relative_gap:
             straddle = True
-            ev.append(
-                Evidence(
-                    code="gap_not_significant",
-                    points_to="inconclusive",
-                    text=text + "; above the threshold but the interval includes 0",
-                )
-            )
+            note("gap_not_significant", "inconclusive", text + "; above the threshold but the interval includes 0")
         elif lo is not None and hi is not None and lo > 0 and hi >= p.overfit_relative_gap and onset:
             overfit = True  # a significant gap that may reach the threshold, and the curves show overfitting
-            ev.append(
-                Evidence(
-                    code="significant_gap_and_onset",
-                    points_to="overfit",
-                    text=text + f"; significant, its interval reaches the {_pct(p.overfit_relative_gap)} threshold, "
-                    "and the learning curves show overfitting",
-                )
+            note(
+                "significant_gap_and_onset",
+                "overfit",
+                text + f"; significant, its interval reaches the {_pct(p.overfit_relative_gap)} threshold, "
+                "and the learning curves show overfitting",
             )
         elif lo is not None and hi is not None and lo < p.overfit_relative_gap <= hi:
             straddle = True
-            ev.append(
-                Evidence(
-                    code="gap_straddles_threshold",
-                    points_to="inconclusive",
-                    text=text + f"; the interval straddles the {_pct(p.overfit_relative_gap)} threshold",
-                )
+            note(
+                "gap_straddles_threshold",
+                "inconclusive",
+                text + f"; the interval straddles the {_pct(p.overfit_relative_gap)} threshold",
             )
         else:
-            ev.append(
-                Evidence(
-                    code="small_gap",
-                    points_to="good_fit",
-                    text=text + f"; below the {_pct(p.overfit_relative_gap)} threshold",
-                )
-            )
+            note("small_gap", "good_fit", text + f"; below the {_pct(p.overfit_relative_gap)} threshold")
     if va.gain is not None and tr.gain is not None:
         text = (
             f"gain over the naive baseline ({'most frequent class' if task == 'classification' else 'the mean'}): "
@@ -539,73 +521,55 @@ def decide(
         )
         if va.gain <= p.underfit_gain and tr.gain <= p.underfit_train_gain:
             underfit = True
-            ev.append(
-                Evidence(
-                    code="no_gain_over_baseline",
-                    points_to="underfit",
-                    text=text + f" (at most {_pct(p.underfit_gain)} / {_pct(p.underfit_train_gain)}): poor on both",
-                )
+            note(
+                "no_gain_over_baseline",
+                "underfit",
+                text + f" (at most {_pct(p.underfit_gain)} / {_pct(p.underfit_train_gain)}): poor on both",
             )
         else:
-            ev.append(Evidence(code="gain_over_baseline", points_to="none", text=text))
+            note("gain_over_baseline", "none", text)
     if p.train_target is not None and tr.metrics.get(primary) is not None and tr.metrics[primary] < p.train_target:  # type: ignore[operator]
         underfit = True
-        ev.append(
-            Evidence(
-                code="below_train_target",
-                points_to="underfit",
-                text=f"{primary} on train {_num(tr.metrics[primary])} is below the target {p.train_target}",
-            )
+        note(
+            "below_train_target",
+            "underfit",
+            f"{primary} on train {_num(tr.metrics[primary])} is below the target {p.train_target}",
         )
     if history is not None:
         if history.overfit_onset_epoch is not None:
-            ev.append(
-                Evidence(
-                    code="history_onset",
-                    points_to="overfit",
-                    text=f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
-                    "rises afterwards while training loss keeps falling",
-                )
+            note(
+                "history_onset",
+                "overfit",
+                f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
+                "rises afterwards while training loss keeps falling",
             )
         if history.still_improving:
-            ev.append(
-                Evidence(
-                    code="history_still_improving",
-                    points_to="underfit",
-                    text="training and validation loss are both still falling at the last epoch "
-                    f"({history.epochs}): more epochs would help",
-                )
+            note(
+                "history_still_improving",
+                "underfit",
+                "training and validation loss are both still falling at the last epoch "
+                f"({history.epochs}): more epochs would help",
             )
         if history.plateaued and tr.gain is not None and tr.gain <= 0.5:
-            ev.append(
-                Evidence(
-                    code="history_plateau_low",
-                    points_to="underfit",
-                    text="both losses have flattened while train performance is low: more capacity or better "
-                    "features, not more epochs",
-                )
+            note(
+                "history_plateau_low",
+                "underfit",
+                "both losses have flattened while train performance is low: more capacity or better "
+                "features, not more epochs",
             )
     for w in weights or []:
         if w.get("flag"):
-            ev.append(
-                Evidence(
-                    code="weights_alpha",
-                    points_to="overfit" if w["alpha"] < 2 else "underfit",
-                    text=f"layer {w['layer']}: spectral alpha {w['alpha']:.2f} ({w['flag']}; supporting evidence only)",
-                )
+            note(
+                "weights_alpha",
+                "overfit" if w["alpha"] < 2 else "underfit",
+                f"layer {w['layer']}: spectral alpha {w['alpha']:.2f} ({w['flag']}; supporting evidence only)",
             )
 
     if small or identical:
         verdict: Verdict = "inconclusive"
     elif overfit and underfit:
         verdict = "inconclusive"
-        ev.append(
-            Evidence(
-                code="conflict",
-                points_to="inconclusive",
-                text="signals conflict: a significant gap and no gain over the baseline",
-            )
-        )
+        note("conflict", "inconclusive", "signals conflict: a significant gap and no gain over the baseline")
     elif overfit:
         verdict = "overfit"
     elif underfit:
@@ -629,12 +593,10 @@ def decide(
 # -- remedies -------------------------------------------------------------------------------------------------
 def suggest(
     verdict: Verdict,
-    task: str,
     primary: str,
     splits: dict[str, SplitResult],
     gap: Gap | None,
     history: HistoryAnalysis | None,
-    weights: list[dict[str, Any]] | None,
     evidence: list[Evidence],
     info: ModelInfo,
     p: DiagnoseParams,

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from pydantic import Field, model_validator
 
-from engine import binding
+from engine import binding, fit
 from engine.compare import Comparison, compare, feeds_for
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
@@ -258,7 +258,9 @@ def run(inputs: JobInputs, params: DistillParams, progress: Progress) -> tuple[D
         else torch.optim.SGD(params_list, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay)
     )
     eval_role = "eval" if "eval" in inputs.datasets else ("validation" if has_val else "train")
-    before = _student_metric(student, out_dir / "student.untrained.onnx", inputs, eval_role, output)
+    eval_feeds, eval_labels = inputs.feeds(eval_role)
+    summary = inputs.datasets[eval_role].summary
+    before = _student_metric(student, out_dir / "student.untrained.onnx", eval_feeds, eval_labels, summary, output)
 
     history: dict[str, list[float | None]] = {"loss": [], "val_loss": [], "val_accuracy": []}
     best_value, best_epoch, best_state, wait, stopped, diverged = None, None, module.state(), 0, False, None
@@ -334,8 +336,6 @@ def run(inputs: JobInputs, params: DistillParams, progress: Progress) -> tuple[D
             warnings,
         ).model_dump(mode="json")  # fmt: skip
 
-    eval_feeds, eval_labels = inputs.feeds(eval_role)
-    summary = inputs.datasets[eval_role].summary
     comparison = compare(
         teacher_path,
         str(dst),
@@ -391,22 +391,21 @@ def run(inputs: JobInputs, params: DistillParams, progress: Progress) -> tuple[D
     return report, artifacts
 
 
-def _student_metric(student: onnx.ModelProto, path: Path, inputs: JobInputs, role: str, output: str) -> dict:
+def _student_metric(
+    student: onnx.ModelProto, path: Path, feeds: dict[str, np.ndarray], y: np.ndarray | None, summary: Any, output: str
+) -> dict:
     """The untrained student's primary metric on the eval data (what distillation starts from)."""
     onnx.save(student, str(path))
-    feeds, y = inputs.feeds(role)
-    summary = inputs.datasets[role].summary
     if y is None or summary.label is None:
         return {"metric": None, "value": None}
     session = make_session(str(path), 1)
     out = run_batched(session, feeds_for(session, feeds), output, 256)
     if summary.label.kind == "classification":
         probs, _ = class_probabilities(out)
-        value = float((probs.argmax(1) == label_indices(y, summary, probs.shape[1])).mean())
+        value = fit.classification_report(probs, label_indices(y, summary, probs.shape[1]))["metrics"]["accuracy"]
         return {"metric": "accuracy", "value": value}
     pred, target = out.astype(np.float64).reshape(len(y), -1), y.astype(np.float64).reshape(len(y), -1)
-    ss = float(((target - target.mean(0)) ** 2).sum())
-    return {"metric": "r2", "value": 1 - float(((pred - target) ** 2).sum()) / ss if ss else None}
+    return {"metric": "r2", "value": fit.regression_report(pred, target)["metrics"]["r2"]}
 
 
 KIND = JobKind(

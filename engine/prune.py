@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from pydantic import Field, field_validator
 
 from engine import binding
-from engine.compare import Comparison, compare, eval_data, feeds_for
+from engine.compare import Comparison, compare_with_params, eval_data, feeds_for
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import pick_output
@@ -580,23 +580,8 @@ def run(inputs: JobInputs, params: PruneParams, progress: Progress) -> tuple[Pru
             "unstructured sparsity: the zeros are still stored densely and computed, so the raw file and the "
             "latency barely change; the gzip size shows what a sparse format or compression would save"
         )
-    threads = params.threads or sorted({1, inputs.max_threads})
-    threads = [t for t in threads if t <= inputs.max_threads] or [1]
-    comparison = compare(
-        str(src),
-        str(dst),
-        outputs=[o.name for o in info.outputs],
-        eval_feeds=eval_feeds,
-        labels=labels,
-        label_summary=summary,
-        task=task,
-        prediction_output=pick_output(info, params.output),
-        batch_sizes=[forced] if forced else params.batch_sizes,
-        threads=threads,
-        runs=params.runs,
-        warmup=params.warmup_runs,
-        run_batch=forced or 256,
-        progress=lambda f, stage: progress(0.3 + 0.65 * f, stage),
+    comparison = compare_with_params(
+        src, dst, inputs, (eval_feeds, labels, summary, task), params, lambda f, stage: progress(0.3 + 0.65 * f, stage)
     )
     before_ops, after_ops = _ops(original), _ops(pruned)
     machine.load_average_1m_after = load_average()

@@ -20,7 +20,7 @@ from onnx import TensorProto
 from pydantic import Field, field_validator
 
 from engine import binding
-from engine.compare import Comparison, compare, eval_data
+from engine.compare import Comparison, compare_with_params, eval_data
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import pick_output
@@ -565,23 +565,8 @@ def run(inputs: JobInputs, params: QuantizeParams, progress: Progress) -> tuple[
             "fp32 and add casts); see the measured latency below"
         )
 
-    threads = params.threads or sorted({1, inputs.max_threads})
-    threads = [t for t in threads if t <= inputs.max_threads] or [1]
-    comparison = compare(
-        str(src),
-        str(dst),
-        outputs=[o.name for o in info.outputs],
-        eval_feeds=eval_feeds,
-        labels=labels,
-        label_summary=summary,
-        task=task,
-        prediction_output=pick_output(info, params.output),
-        batch_sizes=[forced] if forced else params.batch_sizes,
-        threads=threads,
-        runs=params.runs,
-        warmup=params.warmup_runs,
-        run_batch=forced or 256,
-        progress=lambda f, stage: progress(0.65 + 0.33 * f, stage),
+    comparison = compare_with_params(
+        src, dst, inputs, (eval_feeds, labels, summary, task), params, lambda f, stage: progress(0.65 + 0.33 * f, stage)
     )
     bad = [f.output for f in comparison.fidelity if f.non_finite_values]
     if bad:
