@@ -1,10 +1,11 @@
 # One image for the API and the workers. Build: docker build -t onnxsmith .
-# With the training extra (distillation, fine-tuning; CPU PyTorch):
-#   docker build --build-arg WITH_TRAIN=true --build-arg TORCH_INDEX_URL=<PyTorch CPU wheel index> -t onnxsmith .
+# By default it carries the training extra (distillation, fine-tuning) with PyTorch's CPU build, taken from
+# PyTorch's CPU wheel index: PyPI's torch wheel for Linux is the CUDA build (several GB). Without it:
+#   docker build --build-arg WITH_TRAIN=false -t onnxsmith .
 FROM python:3.11-slim
 
-ARG WITH_TRAIN=false
-ARG TORCH_INDEX_URL=""
+ARG WITH_TRAIN=true
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -23,9 +24,10 @@ COPY service ./service
 COPY workers ./workers
 COPY onnxsmith ./onnxsmith
 COPY alembic ./alembic
-RUN pip install -e . \
-    && if [ "$WITH_TRAIN" = "true" ]; then \
-         pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -e ".[train]"; \
+RUN if [ "$WITH_TRAIN" = "true" ]; then \
+         pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0 && pip install -e ".[train]"; \
+       else \
+         pip install -e .; \
        fi
 
 USER onnxsmith

@@ -421,4 +421,5 @@ KIND = JobKind(
     other_models=lambda p: {"student": p.student_model_id} if p.student_model_id else {},
     validate_models=validate_models,
     estimate_seconds=estimate_seconds,
+    needs=lambda p: {"torch"},
 )

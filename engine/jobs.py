@@ -95,6 +95,8 @@ class JobKind:
     validate_models: Callable[[ModelInfo, dict[str, ModelInfo], Any], None] | None = None
     # A lower bound of the job's running time from what is known at submit, or None (checked against the limit).
     estimate_seconds: Callable[[ModelInfo, dict[str, DatasetSummary], Any], float | None] | None = None
+    # Optional worker capabilities (engine.machine.capabilities) the job cannot run without, e.g. {"torch"}.
+    needs: Callable[[Any], set[str]] = lambda params: set()
 
 
 def _registry() -> dict[str, JobKind]:

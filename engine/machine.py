@@ -36,6 +36,17 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return model, flags
 
 
+# Optional libraries a job kind may need, by capability name.
+_OPTIONAL = {"torch": "torch"}
+
+
+def capabilities() -> list[str]:
+    """Optional capabilities this Python environment has (workers publish them; the API checks jobs against them)."""
+    import importlib.util
+
+    return sorted(name for name, module in _OPTIONAL.items() if importlib.util.find_spec(module) is not None)
+
+
 def load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

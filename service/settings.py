@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         description="Redis visibility timeout: an unacknowledged message is redelivered after this. Must exceed "
         "job_time_limit_s. Default: job_time_limit_s + 2 x job_lease_s + 60.",
     )
-    reconcile_interval_s: float = Field(default=30.0, description="How often each worker runs the reconciler.")
+    reconcile_interval_s: float = Field(
+        default=30.0, description="How often each worker runs the reconciler and refreshes its presence row."
+    )
     requeue_after_s: float = Field(
         default=120.0,
         description="A queued job whose message is older than this while its queue is empty is sent again.",
@@ -106,6 +108,11 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
         return int(self.job_time_limit_s + 2 * self.job_lease_s + 60)
+
+    @property
+    def presence_ttl_s(self) -> float:
+        """A worker not seen for this long is taken as gone (it refreshes its row every reconcile interval)."""
+        return 3 * self.reconcile_interval_s + 30
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -18,6 +18,7 @@ from service.datasets import repository as datasets_repo
 from service.db import new_id, utcnow
 from service.deps import unauthorized
 from service.errors import AppError, not_found
+from service.fleet import service as fleet
 from service.jobs import links
 from service.jobs import repository as repo
 from service.jobs.schemas import ROLES, JobCreate
@@ -149,6 +150,9 @@ def submit(
         raise AppError(
             422, type_, exc.detail, title=type_.replace("-", " ").capitalize(), extra={"code": exc.code}
         ) from None
+    fleet.check_capable(
+        db=db, kind=kind.name, queue=kind.queue, needs=kind.needs(params), ttl_s=settings.presence_ttl_s
+    )
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,

@@ -160,3 +160,48 @@ def test_queued_job_state_rules(client, auth, other_auth, setup) -> None:
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["status"] == "cancelled"
     assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth).json() == []
     assert client.get("/v1/artifacts/art_01m8n0k5rywv9byptk738d4r00/content", headers=auth).status_code == 404
+
+
+def test_job_needing_a_capability_no_live_worker_has_is_refused(client, auth, setup, db) -> None:
+    """distill needs PyTorch: refused at submit when the live workers on its queue all lack it (worker rows)."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from service.db import utcnow
+    from service.fleet import repository as fleet
+    from service.fleet.tables import WorkerPresence
+
+    body = {
+        "kind": "distill",
+        "model_id": setup["model"],
+        "datasets": {"train": setup["labeled"], "validation": setup["labeled"]},
+    }
+
+    def arrange(*workers: tuple[str, list[str], list[str], float]) -> None:
+        db.execute(sa.delete(WorkerPresence))
+        for name, queues, caps, age_s in workers:
+            fleet.upsert(db, name=name, queues=queues, capabilities=caps)
+            db.get(WorkerPresence, name).seen_at = utcnow() - timedelta(seconds=age_s)
+        db.commit()
+
+    try:
+        arrange(("w1@a:1", ["default"], [], 0), ("w2@b:2", ["default"], [], 5), ("m@c:3", ["measure"], ["torch"], 0))
+        r = client.post("/v1/jobs", headers=auth, json=body)
+        assert r.status_code == 422, r.text
+        problem = r.json()
+        assert problem["type"].endswith("missing-dependency")
+        assert problem["missing"] == ["torch"] and problem["live_workers"] == 2
+        assert "pip install torch==2.13.0" in problem["detail"]
+        # a kind that needs nothing optional is not affected
+        evaluate = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+        assert client.post("/v1/jobs", headers=auth, json=evaluate).status_code == 202
+
+        # the no-torch workers went silent long ago and one with torch is live: accepted
+        arrange(("w1@a:1", ["default"], [], 3600), ("w3@d:4", ["default"], ["torch"], 0))
+        assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
+        # nobody live at all: the service cannot tell, the job is accepted (the worker fails it if need be)
+        arrange(("w1@a:1", ["default"], [], 3600))
+        assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
+    finally:
+        arrange()

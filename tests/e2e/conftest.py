@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Worker:
     def __init__(self, env: dict[str, str], log: Path, name: str) -> None:
-        self.log = log
+        self.log, self.name = log, name
         self._out = open(log, "ab")  # noqa: SIM115 - the worker writes to it until stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "onnxsmith.cli", "worker", "--concurrency", "1", "--hostname", f"{name}@%h"],

@@ -462,3 +462,27 @@ def test_prune_then_distill_the_pruned_model_through_the_api(api, worker, tmp_pa
     other = upload_model(api, onnx_models.mlp(tmp_path / "other.onnx", n_in=16, hidden=8, n_out=5))
     r = api.post("/v1/jobs", json={**body, "params": {"student_model_id": other}})
     assert r.status_code == 422 and r.json()["type"].endswith("/incompatible-model") and "outputs" in r.json()["detail"]
+
+
+def test_a_worker_publishes_its_queues_and_capabilities_and_withdraws_them(start_worker, worker, db) -> None:
+    """The rows the API reads to refuse a job no live worker can run (e.g. distill without PyTorch)."""
+    import sqlalchemy as sa
+
+    from engine.machine import capabilities
+    from service.fleet.tables import WorkerPresence
+
+    extra = start_worker()
+
+    def rows() -> dict[str, WorkerPresence]:
+        db.expire_all()
+        return {r.name: r for r in db.scalars(sa.select(WorkerPresence)) if r.name.startswith(f"{extra.name}@")}
+
+    deadline = time.monotonic() + 10
+    while not rows() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(rows()) == 1, rows()
+    ((name, row),) = rows().items()
+    assert row.queues == ["default", "measure"]
+    assert row.capabilities == capabilities()  # "torch" where the train extra is installed (CI)
+    extra.stop()
+    assert name not in rows()  # a clean shutdown removes it; a killed worker's row ages out (presence_ttl_s)

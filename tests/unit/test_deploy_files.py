@@ -48,4 +48,6 @@ def test_dockerfile_runs_as_a_non_root_user_from_a_slim_base() -> None:
     assert users and users[-1] not in ("root", "0")
     for folder in ("engine", "service", "workers", "onnxsmith", "alembic"):
         assert f"COPY {folder} ./{folder}" in text
-    assert "ARG WITH_TRAIN" in text
+    assert "ARG WITH_TRAIN=true" in text  # workers can distill
+    assert re.search(r"--index-url \S+ torch==2\.13\.0", text)  # the CPU build, never PyPI's CUDA wheel
+    assert _compose()["x-onnxsmith"]["build"]["args"]["WITH_TRAIN"] == "${WITH_TRAIN:-true}"

@@ -1,0 +1,38 @@
+"""What the running workers can do: the API refuses a job that no live worker on its queue could run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.errors import AppError
+from service.fleet import repository as repo
+
+# How each capability is gained, for the problem's detail.
+INSTALL_HINTS = {
+    "torch": "PyTorch, the `train` extra: pip install torch==2.13.0 && pip install 'onnxsmith[train]'",
+}
+
+
+def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s: float) -> None:
+    """422 missing-dependency when live workers serve `queue` and none of them has every capability in `needs`.
+
+    With no live worker on the queue the service cannot tell (workers may be starting): the job is accepted
+    and, if the worker that takes it lacks the dependency, fails with the `missing_dependency` code."""
+    if not needs:
+        return
+    live = [w for w in repo.seen_since(db, utcnow() - timedelta(seconds=ttl_s)) if queue in w.queues]
+    if not live or any(needs <= set(w.capabilities) for w in live):
+        return
+    missing = sorted(needs - set.intersection(*(set(w.capabilities) for w in live)))
+    hints = "; ".join(INSTALL_HINTS.get(m, m) for m in missing)
+    raise AppError(
+        422,
+        "missing-dependency",
+        f"no running worker on queue {queue!r} can run a {kind!r} job: {len(live)} live worker(s), none with "
+        f"{', '.join(missing)}. Install on the workers: {hints}",
+        title="Missing dependency",
+        extra={"code": "missing_dependency", "missing": missing, "live_workers": len(live)},
+    )

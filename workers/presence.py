@@ -1,0 +1,58 @@
+"""A worker's presence row: which queues it serves and which optional capabilities (e.g. PyTorch) it has.
+
+Written when the worker is ready, refreshed every reconcile interval, removed at a clean shutdown; the API
+reads the rows to refuse a job no live worker could run (service/fleet)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+
+from sqlalchemy.exc import DBAPIError
+
+from engine.machine import capabilities
+from service.db import utcnow
+from service.fleet import repository as repo
+from workers.runner import context, transaction
+
+log = logging.getLogger("onnxsmith.presence")
+
+
+def worker_name(hostname: str) -> str:
+    return f"{hostname}:{os.getpid()}"
+
+
+def publish(name: str, queues: list[str]) -> None:
+    ctx = context()
+    with transaction(ctx) as db:
+        repo.upsert(db, name=name, queues=sorted(queues), capabilities=capabilities())
+        # rows of workers gone for ten TTLs are history, not presence
+        repo.forget_before(db, utcnow() - timedelta(seconds=10 * ctx.settings.presence_ttl_s))
+
+
+def withdraw(name: str) -> None:
+    try:
+        with transaction(context()) as db:
+            repo.remove(db, name=name)
+    except DBAPIError:
+        log.warning("could not remove presence row %s; it expires by itself", name, exc_info=True)
+
+
+def start(name: str, queues: list[str]) -> threading.Thread:
+    """Publish now, then refresh in a daemon thread every reconcile interval."""
+    publish(name, queues)
+    log.info("worker %s on %s with capabilities %s", name, queues, capabilities() or "none")
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(context().settings.reconcile_interval_s):
+            try:
+                publish(name, queues)
+            except Exception:
+                log.exception("presence refresh failed; trying again next interval")
+
+    thread = threading.Thread(target=loop, name="onnxsmith-presence", daemon=True)
+    thread.start()
+    return thread
