@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from engine.errors import EngineError
 from engine.evaluate import class_probabilities, classification_metrics, label_indices, regression_metrics
 from engine.runtime import fixed_batch, make_session, run_batched
 
@@ -190,6 +191,23 @@ def eval_data(
         feeds = {k: v[:max_samples] for k, v in feeds.items()}
         labels = labels[:max_samples] if labels is not None else None
     return feeds, labels, summary, summary.label.kind if summary.label else None
+
+
+def check_same_signature(a: Any, b: Any, *, names: tuple[str, str]) -> None:
+    """Two models (ModelInfo) must take the same inputs and give the same outputs: names, element types and the
+    non-batch dimensions where both are fixed. EngineError `incompatible_model` names the side that differs."""
+
+    def signature(specs: list[Any]) -> list[tuple]:
+        return [(s.name, s.elem_type, [d if isinstance(d, int) else None for d in (s.shape or [])][1:]) for s in specs]
+
+    for side in ("inputs", "outputs"):
+        sa, sb = signature(getattr(a, side)), signature(getattr(b, side))
+        if sa != sb:
+            raise EngineError(
+                "incompatible_model",
+                f"the {names[1]}'s {side} {sb} do not match the {names[0]}'s {sa} "
+                "(names, types and non-batch dimensions)",
+            )
 
 
 def compare_with_params(

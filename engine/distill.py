@@ -25,7 +25,7 @@ import onnx
 from pydantic import Field, model_validator
 
 from engine import binding, fit
-from engine.compare import Comparison, compare, feeds_for
+from engine.compare import Comparison, check_same_signature, compare, feeds_for
 from engine.datasets import DatasetSummary
 from engine.errors import EngineError
 from engine.evaluate import class_probabilities, label_indices, pick_output
@@ -122,18 +122,7 @@ def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: Dist
 
 def validate_models(info: ModelInfo, others: dict[str, ModelInfo], params: DistillParams) -> None:
     """The student must take the teacher's inputs and give its outputs (names, types, fixed dimensions)."""
-    student = others["student"]
-
-    def signature(specs: list[Any]) -> list[tuple]:
-        return [(s.name, s.elem_type, [d if isinstance(d, int) else None for d in (s.shape or [])][1:]) for s in specs]
-
-    for side in ("inputs", "outputs"):
-        a, b = signature(getattr(info, side)), signature(getattr(student, side))
-        if a != b:
-            raise EngineError(
-                "incompatible_model",
-                f"the student's {side} {b} do not match the teacher's {a} (names, types and non-batch dimensions)",
-            )
+    check_same_signature(info, others["student"], names=("teacher", "student"))
 
 
 # Training throughput of the interpreter, optimistic on purpose (measured 4.7-6.4 GMAC/s forward+backward on the

@@ -336,14 +336,19 @@ def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: 
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
 
 
-def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    pairs = report.get("comparison", {}).get("latency_ms", [])
+def comparison_latency(comparison: dict[str, Any], a: str = "original", b: str = "candidate") -> Markup:
+    """p50 latency against batch size of both models of a comparison block, one line per model and thread count."""
+    pairs = (comparison or {}).get("latency_ms", [])
     series: dict[str, list[tuple[float, float]]] = {}
     for p in pairs:
-        series.setdefault(f"original, {p['threads']} thread(s)", []).append((p["batch_size"], p["original_ms"]["p50"]))
-        series.setdefault(f"quantized, {p['threads']} thread(s)", []).append(
-            (p["batch_size"], p["candidate_ms"]["p50"])
-        )
+        series.setdefault(f"{a}, {p['threads']} thread(s)", []).append((p["batch_size"], p["original_ms"]["p50"]))
+        series.setdefault(f"{b}, {p['threads']} thread(s)", []).append((p["batch_size"], p["candidate_ms"]["p50"]))
+    return line_chart(
+        series, x_label="batch size", y_label="p50 latency (ms)", log_x=len({p["batch_size"] for p in pairs}) > 1
+    )
+
+
+def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
     errors = (report.get("layer_errors") or {}).get("activations", [])
     auto = report.get("auto") or {}
     trials = [t for t in auto.get("trials", []) if t.get("status") == "measured" and t.get("metric") is not None]
@@ -371,9 +376,7 @@ def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
         "trials_size": scatter(
             points(lambda t: t.get("size_ratio")), x_label="size vs original", y_label=f"{metric} on eval"
         ),
-        "latency": line_chart(
-            series, x_label="batch size", y_label="p50 latency (ms)", log_x=len({p["batch_size"] for p in pairs}) > 1
-        ),
+        "latency": comparison_latency(report.get("comparison", {}), "original", "quantized"),
         "errors": bars([(r["tensor"], r["sqnr_db"]) for r in errors], value_label="SQNR dB vs float (lower is worse)"),
     }
 
@@ -406,6 +409,7 @@ _env.globals.update(
     heatmap=heatmap,
     benchmark_charts=benchmark_charts,
     quantize_charts=quantize_charts,
+    comparison_latency=comparison_latency,
     diagnose_charts=diagnose_charts,
     distill_charts=distill_charts,
 )

@@ -486,3 +486,35 @@ def test_a_worker_publishes_its_queues_and_capabilities_and_withdraws_them(start
     assert row.capabilities == capabilities()  # "torch" where the train extra is installed (CI)
     extra.stop()
     assert name not in rows()  # a clean shutdown removes it; a killed worker's row ages out (presence_ttl_s)
+
+
+def test_compare_two_models_side_by_side(api, worker, tmp_path) -> None:
+    x, y = data_files.classification(n=120, features=64)
+    a = upload_model(api, onnx_models.mlp(tmp_path / "a.onnx", hidden=64, seed=0))
+    b = upload_model(api, onnx_models.mlp(tmp_path / "b.onnx", hidden=16, seed=1))
+    narrow = upload_model(api, onnx_models.mlp(tmp_path / "n.onnx", n_in=32))
+    ds = upload_dataset(api, data_files.npz(tmp_path / "e.npz", x=x, y=y))
+    params = {"other_model_id": b, "runs": 5, "batch_sizes": [1, 8], "threads": [1]}
+    job = submit(api, kind="compare", model_id=a, datasets={"eval": ds}, params=params)
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    c = report["comparison"]
+    assert report["kind"] == "compare" and report["other_model_id"] == b
+    assert c["size_bytes"]["candidate"] < c["size_bytes"]["original"]
+    assert [(p["batch_size"], p["threads"]) for p in c["latency_ms"]] == [(1, 1), (8, 1)]
+    assert c["primary_metric"] == "accuracy" and c["eval_samples"] == 120
+    assert 0 <= c["fidelity"][0]["top1_agreement"] < 1  # two different random networks disagree somewhere
+    assert report["parameters"]["candidate"] < report["parameters"]["original"]
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts").json() == []  # it makes no model
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and f"vs {b}" in page.text and "Output fidelity" in page.text
+
+    for body, status, words in [
+        ({"params": {}}, 422, "params.other_model_id"),
+        ({"params": {"other_model_id": "mod_nope"}}, 404, "mod_nope"),
+        ({"params": {"other_model_id": narrow}}, 422, "inputs"),
+        ({"params": {"other_model_id": b, "runs": 1}}, 422, "params.runs"),
+    ]:
+        r = api.post("/v1/jobs", json={"kind": "compare", "model_id": a, **body})
+        assert r.status_code == status and words in r.json()["detail"], r.text
