@@ -100,9 +100,18 @@ class JobKind:
 
 
 def _registry() -> dict[str, JobKind]:
-    from engine import benchmark, compare_kind, diagnose, distill, evaluate, prune, quantize
+    from engine import benchmark, compare_kind, diagnose, distill, evaluate, optimize, prune, quantize
 
-    kinds = (evaluate.KIND, benchmark.KIND, compare_kind.KIND, quantize.KIND, diagnose.KIND, prune.KIND, distill.KIND)
+    kinds = (
+        evaluate.KIND,
+        benchmark.KIND,
+        compare_kind.KIND,
+        quantize.KIND,
+        diagnose.KIND,
+        prune.KIND,
+        distill.KIND,
+        optimize.KIND,
+    )
     return {k.name: k for k in kinds}
 
 

@@ -381,6 +381,36 @@ def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
     }
 
 
+def optimize_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    """The front: every measured trial (and the original) by latency and by size against the metric."""
+    rows = [r for r in [report.get("original", {}), *report.get("trials", [])] if r.get("status") == "measured"]
+    labeled = any(r.get("metric") is not None for r in rows)
+    metric = "metric" if labeled else "cosine"
+    y_label = "primary metric on eval" if labeled else "cosine to the original's output"
+
+    def points(x: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "x": x(r),
+                "y": r[metric],
+                "label": f"{r['index']}: {r['name']}",
+                "front": r.get("pareto"),
+                "chosen": r["index"] == report.get("recommended"),
+            }
+            for r in rows
+            if x(r) is not None and r.get(metric) is not None
+        ]
+
+    return {
+        "front_latency": scatter(
+            points(lambda r: 1 / r["speedup"] if r.get("speedup") else None),
+            x_label="latency vs original (timed interleaved; lower is faster)",
+            y_label=y_label,
+        ),
+        "front_size": scatter(points(lambda r: r.get("size_ratio")), x_label="size vs original", y_label=y_label),
+    }
+
+
 def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
     results = report.get("results", [])
     by_threads: dict[int, list[dict[str, Any]]] = {}
@@ -410,6 +440,7 @@ _env.globals.update(
     benchmark_charts=benchmark_charts,
     quantize_charts=quantize_charts,
     comparison_latency=comparison_latency,
+    optimize_charts=optimize_charts,
     diagnose_charts=diagnose_charts,
     distill_charts=distill_charts,
 )

@@ -40,6 +40,7 @@ _REQUEST_PROBLEMS = {
     "nothing_to_quantize": "nothing-to-quantize",
     "incompatible_model": "incompatible-model",
     "too_long": "too-long",
+    "budget_too_small": "budget-too-small",
 }
 
 

@@ -518,3 +518,31 @@ def test_compare_two_models_side_by_side(api, worker, tmp_path) -> None:
     ]:
         r = api.post("/v1/jobs", json={"kind": "compare", "model_id": a, **body})
         assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_optimize_through_the_api_registers_the_winner(api, worker, tmp_path) -> None:
+    from tests import digits
+
+    f = digits.files(tmp_path, hidden=128)
+    model_id = upload_model(api, f["model"])
+    ds = {role: upload_dataset(api, f[role]) for role in ("train", "validation", "test")}
+    params = {"ratios": [0.5], "distill_epochs": 10, "runs": 10, "quantize_modes": ["dynamic", "fp16"]}
+    job = submit(api, kind="optimize", model_id=model_id, datasets=ds, params=params)
+    done = wait_job(api, job["id"], timeout=240)
+    assert done["status"] == "succeeded", done
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["goal_met"] and report["recommended"] > 0 and report["fit"] is not None
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["name"] == "digits_mlp-optimized" and produced["source_job_id"] == job["id"]
+    assert produced["size_bytes"] == report["recommended_model"]["size_bytes"] < report["original"]["size_bytes"]
+    page = TestClient(api.app).get(done["report_url"])
+    assert page.status_code == 200 and "Every trial" in page.text
+    for extra, words in [
+        ({"methods": ["shrink"]}, "params.methods"),
+        ({"max_seconds": 1}, "cannot run anything"),
+        ({"max_seconds": 10_000}, "job time limit"),
+    ]:
+        r = api.post("/v1/jobs", json={"kind": "optimize", "model_id": model_id, "datasets": ds, "params": extra})
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+    r = api.post("/v1/jobs", json={"kind": "optimize", "model_id": model_id, "datasets": {"train": ds["train"]}})
+    assert r.status_code == 422 and "eval" in r.json()["detail"]

@@ -1,0 +1,238 @@
+"""The `optimize` job kind: one call that diagnoses the original, tries the compressions that fit it, measures
+every result against the original on one harness and hands back the best model that meets the constraints.
+
+Trials are chains of the single-kind engines, run one after another inside this job (never as other jobs: with
+one worker that would deadlock): `prune` simplify, `quantize` auto, `prune` structured at `ratios`, `distill`
+(prune + distill at a ratio, when PyTorch and train data are there), and their chains
+(simplify -> prune + distill -> quantize). Each chain step calls the kind's own `run` on the previous step's
+output; a step shared by two chains runs once. Every trial's final model is then measured against the original
+with engine.compare on the eval data (interleaved latency at `batch_size`/`threads`), so all trials compare
+alike. The plan and the choice are in engine/optimize_plan.py; this module runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from engine.compare import compare_with_params, eval_data
+from engine.errors import EngineError
+from engine.inspect import ModelInfo, check_and_inspect
+from engine.jobs import ArtifactOut, JobInputs, JobKind, Progress, get_kind
+from engine.machine import capabilities, load_average, machine_info
+from engine.optimize_plan import (
+    OptimizeParams,
+    OptimizeReport,
+    Step,
+    StepContext,
+    Trial,
+    choose,
+    mark_pareto,
+    plan,
+    step_summary,
+    validate,
+)
+from engine.runtime import fixed_batch
+
+log = logging.getLogger("onnxsmith.optimize")
+
+
+class _Runner:
+    """Runs chain steps, each once (a prefix shared by two chains is reused), in per-step folders."""
+
+    def __init__(self, inputs: JobInputs, params: OptimizeParams, started: float) -> None:
+        self.inputs, self.params, self.started = inputs, params, started
+        self.done: dict[tuple[str, ...], tuple[Path, dict[str, Any]] | EngineError] = {}
+        self.root = Path(inputs.out_dir) / "trials"
+        self.summaries_so_far: list[dict[str, Any]] = []
+
+    def left(self) -> float:
+        return self.params.max_seconds - (time.monotonic() - self.started)
+
+    def model(self, chain: tuple[Step, ...], progress: Progress) -> tuple[Path, list[dict[str, Any]]]:
+        """The model at the end of `chain` and the summaries of its steps; raises the first failed step's error."""
+        path, summaries = Path(self.inputs.model_path), []
+        for i in range(len(chain)):
+            key = tuple(s.key for s in chain[: i + 1])
+            if key not in self.done:
+                self.summaries_so_far = list(summaries)
+                try:
+                    self.done[key] = self._run_step(chain[i], path, len(self.done), progress)
+                except EngineError as exc:
+                    self.done[key] = exc
+            result = self.done[key]
+            if isinstance(result, EngineError):
+                raise EngineError(result.code, f"step {chain[i].label}: {result.detail}")
+            path, summary = result
+            summaries.append(summary)
+        return path, summaries
+
+    def _run_step(self, step: Step, source: Path, n: int, progress: Progress) -> tuple[Path, dict[str, Any]]:
+        kind = get_kind(step.kind)
+        out = self.root / f"step-{n}-{step.key}"
+        out.mkdir(parents=True, exist_ok=True)
+        sub = JobInputs(
+            model_path=str(source),
+            model_info=check_and_inspect(str(source)),
+            datasets=self.inputs.datasets,
+            out_dir=str(out),
+            max_threads=self.inputs.max_threads,
+        )
+        params = kind.params.model_validate(step.params(StepContext(self.left(), self.summaries_so_far)))
+        summaries = {role: d.summary for role, d in self.inputs.datasets.items()}
+        kind.validate(sub.model_info, summaries, params)
+        if kind.estimate_seconds is not None:
+            estimate = kind.estimate_seconds(sub.model_info, summaries, params)
+            if estimate is not None and estimate > self.left():
+                raise EngineError(
+                    "over_budget", f"needs about {estimate:,.0f} s (optimistic) and {self.left():,.0f} s are left"
+                )
+        t0 = time.monotonic()
+        report, artifacts = kind.run(sub, params, progress)
+        produced = [a for a in artifacts if a.role == "model"]
+        if not produced:
+            raise EngineError("no_model", f"{step.kind} produced no model")
+        summary = step_summary(step, report.model_dump(mode="json"), time.monotonic() - t0)
+        return out / produced[0].filename, summary
+
+
+def _no_progress(fraction: float, stage: str) -> None:
+    return None
+
+
+def _diagnose(inputs: JobInputs, warnings: list[str], progress: Progress) -> dict[str, Any] | None:
+    from engine.diagnose import DiagnoseParams
+    from engine.diagnose import run as diagnose
+
+    if not {"train", "validation"} <= set(inputs.datasets):
+        warnings.append("no fit diagnosis: it needs labeled train and validation datasets")
+        return None
+    sub = inputs.model_copy(update={"out_dir": str(Path(inputs.out_dir) / "diagnose")})
+    Path(sub.out_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        report, _ = diagnose(sub, DiagnoseParams(), progress)
+    except EngineError as exc:
+        warnings.append(f"no fit diagnosis: {exc.detail}")
+        return None
+    r = report.model_dump(mode="json")
+    fit = {
+        "verdict": r["verdict"],
+        "summary": r["summary"],
+        "primary_metric": r["primary_metric"],
+        "splits": {k: v["metrics"].get(r["primary_metric"]) for k, v in r["splits"].items()},
+        "remedies": [{"action": m["action"], "why": m["why"]} for m in r["remedies"][:4]],
+    }
+    if r["verdict"] in ("overfit", "underfit"):
+        warnings.append(
+            f"the original model is diagnosed {r['verdict']}: {r['summary']} Fix the model before compressing it "
+            f"(first remedy: {r['remedies'][0]['action'] if r['remedies'] else 'see the diagnose job'})"
+        )
+    return fit
+
+
+def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[OptimizeReport, list[ArtifactOut]]:
+    started = time.monotonic()
+    machine = machine_info()
+    warnings: list[str] = []
+    info = inputs.model_info
+    progress(0.0, "diagnosing the original's fit")
+    fit = _diagnose(inputs, warnings, lambda f, s: progress(0.1 * f, f"diagnose: {s}"))
+
+    forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
+    evaluation = eval_data(inputs, params.eval_max_samples, forced or 64, warnings)
+    labeled = evaluation[1] is not None
+    trials, skipped = plan(inputs, params, has_torch="torch" in capabilities(), labeled=labeled)
+    runner = _Runner(inputs, params, started)
+    measure = SimpleNamespace(
+        output=params.output,
+        batch_sizes=[params.batch_size],
+        threads=[params.threads],
+        runs=params.runs,
+        warmup_runs=params.warmup_runs,
+    )
+    n = max(1, len(trials))
+    for i, trial in enumerate(trials):
+        lo, hi = 0.1 + 0.85 * i / n, 0.1 + 0.85 * (i + 1) / n
+
+        def sub(
+            f: float, stage: str, lo: float = lo, hi: float = hi, name: str = f"{trial.index}/{n} {trial.name}"
+        ) -> None:
+            progress(lo + (hi - lo) * f, f"trial {name}: {stage}")
+
+        if runner.left() <= 0:
+            trial.status, trial.error = "skipped", {"code": "over_budget", "detail": "the time budget was used up"}
+            continue
+        t0 = time.monotonic()
+        try:
+            path, trial.steps = runner.model(trial.chain, lambda f, s: sub(0.8 * f, s))
+            comparison = compare_with_params(
+                Path(inputs.model_path), path, inputs, evaluation, measure, lambda f, s: sub(0.8 + 0.2 * f, s)
+            )
+            trial.measure(comparison, check_and_inspect(str(path)), params, path)
+        except EngineError as exc:
+            trial.status = "skipped" if exc.code == "over_budget" else "failed"
+            trial.error = {"code": exc.code, "detail": exc.detail}
+        except Exception as exc:  # a trial's bug must not fail the whole job: reported, logged with its traceback
+            log.error("optimize trial %s failed:\n%s", trial.name, traceback.format_exc())
+            trial.status, trial.error = "failed", {"code": "internal", "detail": f"{type(exc).__name__}: {exc}"}
+        trial.seconds = round(time.monotonic() - t0, 3)
+
+    progress(0.95, "choosing")
+    original = Trial.original_row(info, Path(inputs.model_path), trials, labeled)
+    mark_pareto([original, *trials])
+    choice = choose(original, trials, params)
+    warnings.extend(choice.warnings)
+    artifacts: list[ArtifactOut] = []
+    recommended_model = None
+    if choice.trial is not None and choice.trial.model_path is not None:
+        dst = Path(inputs.out_dir) / "optimized.onnx"
+        shutil.copyfile(choice.trial.model_path, dst)
+        out_info: ModelInfo = check_and_inspect(str(dst))
+        recommended_model = {"filename": dst.name, "size_bytes": dst.stat().st_size}
+        artifacts.append(
+            ArtifactOut(
+                role="model",
+                filename=dst.name,
+                media_type="application/octet-stream",
+                register_as_model="optimized",
+                model_info=out_info.model_dump(mode="json"),
+            )
+        )
+    shutil.rmtree(runner.root, ignore_errors=True)
+    machine.load_average_1m_after = load_average()
+    report = OptimizeReport(
+        warnings=warnings,
+        machine=machine,
+        goal=params.goal(),
+        goal_met=choice.goal_met,
+        fit=fit,
+        original=original,
+        trials=trials,
+        skipped=skipped,
+        recommended=choice.trial.index if choice.trial else 0,
+        recommended_chain=[s.label for s in choice.trial.chain] if choice.trial else [],
+        recommended_model=recommended_model,
+        comparison=choice.trial.comparison if choice.trial else None,
+        seconds=round(time.monotonic() - started, 3),
+        config=params.model_dump(mode="json"),
+    )
+    progress(1.0, "done")
+    return report, artifacts
+
+
+KIND = JobKind(
+    name="optimize",
+    params=OptimizeParams,
+    report=OptimizeReport,
+    run=run,
+    validate=validate,
+    roles=("train", "validation", "test", "calibration", "eval", "history"),
+    required=("eval",),
+    queue="measure",
+    threads=lambda p: p.threads,
+)

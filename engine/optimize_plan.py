@@ -1,0 +1,407 @@
+"""What the `optimize` job tries and how it chooses: params, the trial plan, per-trial measurements, the Pareto
+front over (metric, latency, size) and the recommendation. engine/optimize.py runs the plan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine import binding
+from engine.compare import Comparison
+from engine.datasets import DatasetSummary
+from engine.errors import EngineError
+from engine.evaluate import pick_output
+from engine.inspect import ModelInfo
+from engine.jobs import JobInputs, ReportBase, StrictParams
+
+METHODS = ("simplify", "quantize", "prune", "distill")
+# Latencies within this factor of the best count as a tie (timing noise on a shared 2-vCPU VM is 10-30%).
+LATENCY_TIE = 1.10
+SIZE_TIE = 1.02
+# The smallest budget worth starting: a diagnosis and one measured trial of a tiny model take about this long.
+MIN_SECONDS = 15.0
+# Inference throughput assumed by that floor (optimistic, so only hopeless budgets are refused).
+OPTIMISTIC_MACS_PER_S = 5e9
+
+
+class OptimizeParams(StrictParams):
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="The most the primary metric (accuracy, r2) may drop on eval"
+    )
+    drop_mode: Literal["relative", "absolute"] = Field(
+        default="relative", description="max_accuracy_drop as a fraction of the original's value, or in points"
+    )
+    min_output_cosine: float = Field(
+        default=0.99, ge=-1, le=1, description="The accuracy constraint when eval has no labels"
+    )
+    objective: Literal["latency", "size"] = Field(
+        default="latency", description="What the recommended model minimizes (latency at batch_size, threads)"
+    )
+    max_latency_ms: float | None = Field(default=None, gt=0, description="Target: p50 latency at batch_size")
+    max_size_bytes: int | None = Field(default=None, gt=0, description="Target: model file size")
+    methods: list[Literal["simplify", "quantize", "prune", "distill"]] = Field(
+        default=list(METHODS),
+        min_length=1,
+        description="Allowed methods. distill trains a structurally pruned student (needs prune, PyTorch on the "
+        "worker and a train dataset); prune without distill keeps the pruned weights as they are",
+    )
+    ratios: list[float] = Field(
+        default=[0.3, 0.5], min_length=1, max_length=5, description="prune / distill: fractions of width removed"
+    )
+    quantize_modes: list[Literal["static", "dynamic", "fp16"]] = Field(
+        default=["static", "dynamic", "fp16"], min_length=1, description="quantize: modes its auto search may try"
+    )
+    distill_epochs: int = Field(default=20, ge=1, le=1000, description="distill: most epochs (early stopping on)")
+    max_seconds: float = Field(
+        default=1800, gt=0, description="Time budget of all trials; a trial that cannot fit what is left is skipped"
+    )
+    output: str | None = Field(default=None, description="The prediction output (default: the first float output)")
+    batch_size: int = Field(default=1, ge=1, le=4096, description="Batch size latency is measured and targeted at")
+    threads: int = Field(default=1, ge=1, le=64, description="Threads for every measurement and for training")
+    runs: int = Field(default=50, ge=5, le=10000, description="Timed runs of each model per trial (interleaved)")
+    warmup_runs: int = Field(default=5, ge=0, le=1000)
+    eval_max_samples: int | None = Field(default=2000, ge=1)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in v):
+            raise ValueError("ratios must be in (0, 1)")
+        return sorted(set(v))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        return [m for m in METHODS if m in v]
+
+    def goal(self) -> dict[str, Any]:
+        return {
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "drop_mode": self.drop_mode,
+            "min_output_cosine": self.min_output_cosine,
+            "objective": self.objective,
+            "max_latency_ms": self.max_latency_ms,
+            "max_size_bytes": self.max_size_bytes,
+            "latency_at": {"batch_size": self.batch_size, "threads": self.threads},
+        }
+
+
+@dataclass
+class StepContext:
+    seconds_left: float
+    previous: list[dict[str, Any]]  # summaries of the chain's earlier steps
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    key: str  # unique among steps, used in folder names
+    label: str
+    params: Callable[[StepContext], dict[str, Any]] = field(compare=False)
+
+
+class Trial(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: int = Field(description="0 is the original, unchanged")
+    name: str
+    chain: list[Any] = Field(default_factory=list, exclude=True)
+    status: Literal["planned", "measured", "failed", "skipped"] = "planned"
+    error: dict[str, str] | None = None
+    steps: list[dict[str, Any]] = Field(default_factory=list, description="What each step of the chain did")
+    metric: float | None = Field(default=None, description="Primary metric on eval (accuracy, r2), if labeled")
+    drop: dict[str, float] | None = Field(default=None, description="Of the primary metric vs the original")
+    cosine: float | None = Field(default=None, description="Prediction output vs the original's")
+    top1_agreement: float | None = None
+    latency_ms: float | None = Field(default=None, description="p50 at batch_size/threads")
+    speedup: float | None = Field(default=None, description="original p50 / this p50, timed interleaved")
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    parameters: int | None = None
+    macs_per_sample: int | None = None
+    meets: dict[str, bool] | None = Field(default=None, description="accuracy, latency, size constraints")
+    pareto: bool = False
+    seconds: float | None = None
+    comparison: Comparison | None = Field(default=None, exclude=True)
+    model_path: Path | None = Field(default=None, exclude=True)
+
+    def measure(self, c: Comparison, info: ModelInfo, params: OptimizeParams, path: Path) -> None:
+        pair = c.latency_ms[0]
+        primary = c.metrics[c.primary_metric] if c.metrics and c.primary_metric else None
+        fid = next((f for f in c.fidelity if f.output == (params.output or f.output)), c.fidelity[0])
+        self.status, self.comparison, self.model_path = "measured", c, path
+        self.metric = primary.candidate if primary else None
+        self.drop = c.drop
+        self.cosine, self.top1_agreement = fid.cosine, fid.top1_agreement
+        self.latency_ms, self.speedup = pair.candidate_ms.p50, pair.speedup_p50
+        self.size_bytes, self.size_ratio = c.size_bytes.candidate, c.size_bytes.ratio
+        self.parameters, self.macs_per_sample = info.parameter_count, info.macs_per_sample
+        if self.drop is not None:
+            accurate = self.drop[params.drop_mode] <= params.max_accuracy_drop + 1e-12
+        else:
+            accurate = fid.cosine >= params.min_output_cosine
+        self.meets = _targets(self, params) | {"accuracy": accurate}
+
+    @classmethod
+    def original_row(cls, info: ModelInfo, path: Path, trials: list[Trial], labeled: bool) -> Trial:
+        """The original as a point of the front: its metric and latency from the trials' comparisons."""
+        measured = [t.comparison for t in trials if t.comparison is not None]
+        row = cls(index=0, name="original", status="measured" if measured else "planned")
+        row.size_bytes, row.size_ratio, row.speedup = path.stat().st_size, 1.0, 1.0
+        row.parameters, row.macs_per_sample, row.cosine = info.parameter_count, info.macs_per_sample, 1.0
+        row.drop = {"absolute": 0.0, "relative": 0.0} if labeled else None
+        if measured:
+            c = measured[0]
+            row.latency_ms = sorted(m.latency_ms[0].original_ms.p50 for m in measured)[len(measured) // 2]
+            if c.metrics and c.primary_metric:
+                row.metric = c.metrics[c.primary_metric].original
+        return row
+
+
+def _targets(t: Trial, params: OptimizeParams) -> dict[str, bool]:
+    return {
+        "latency": params.max_latency_ms is None or (t.latency_ms or 0) <= params.max_latency_ms,
+        "size": params.max_size_bytes is None or (t.size_bytes or 0) <= params.max_size_bytes,
+    }
+
+
+class OptimizeReport(ReportBase):
+    kind: Literal["optimize"] = "optimize"
+    goal: dict[str, Any]
+    goal_met: bool = Field(description="The recommended model meets every constraint and target")
+    fit: dict[str, Any] | None = Field(description="The original's fit diagnosis (diagnose job), if train+validation")
+    original: Trial
+    trials: list[Trial]
+    skipped: list[str] = Field(description="Methods not tried, and why")
+    recommended: int = Field(description="Index of the recommended trial; 0 = keep the original")
+    recommended_chain: list[str]
+    recommended_model: dict[str, Any] | None = Field(description="The file registered as a model, if not the original")
+    comparison: Comparison | None = Field(description="The full comparison block of the recommended trial")
+    seconds: float
+    config: dict[str, Any]
+
+
+def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: OptimizeParams) -> None:
+    for role in ("train", "validation", "test", "calibration", "eval"):
+        if role in summaries:
+            if summaries[role].kind != "samples":
+                raise EngineError("incompatible_data", f"the {role} dataset is a training history, not samples")
+            binding.plan(info.inputs, summaries[role])
+    pick_output(info, params.output)
+    n = min(summaries["eval"].sample_count, params.eval_max_samples or 1 << 62)
+    floor = MIN_SECONDS + 4 * n * (info.macs_per_sample or 0) / OPTIMISTIC_MACS_PER_S
+    if params.max_seconds < floor:
+        raise EngineError(
+            "budget_too_small",
+            f"max_seconds {params.max_seconds:g} cannot run anything: a diagnosis and one measured trial on "
+            f"{n} eval samples take at least about {floor:,.0f} s",
+        )
+
+
+# -- the plan --------------------------------------------------------------------------------------------------
+def _budget(ctx: StepContext, params: OptimizeParams) -> dict[str, Any]:
+    """quantize's accuracy goal: what is left of the job's budget after the chain's earlier steps."""
+    if not ctx.previous or ctx.previous[0].get("original_metric") is None:
+        return {"max_accuracy_drop": params.max_accuracy_drop, "drop_mode": params.drop_mode}
+    start = ctx.previous[0]["original_metric"]
+    total = params.max_accuracy_drop * abs(start) if params.drop_mode == "relative" else params.max_accuracy_drop
+    spent = sum(s.get("drop_absolute") or 0.0 for s in ctx.previous)
+    return {"max_accuracy_drop": min(1.0, max(0.0, total - spent)), "drop_mode": "absolute"}
+
+
+def plan(inputs: JobInputs, params: OptimizeParams, *, has_torch: bool, labeled: bool) -> tuple[list[Trial], list[str]]:
+    """The trials, in the order they run (cheap first), and the methods left out with the reason."""
+    measure = {"batch_sizes": [params.batch_size], "threads": [params.threads], "runs": 10, "warmup_runs": 2}
+    common = {"output": params.output, "eval_max_samples": params.eval_max_samples}
+    methods, skipped = set(params.methods), []
+    simplify = Step("prune", "simplify", "simplify", lambda ctx: {"method": "simplify", **common, **measure})
+    quantize = Step(
+        "quantize",
+        "quantize",
+        "quantize (auto)",
+        lambda ctx: {
+            "mode": "auto",
+            **_budget(ctx, params),
+            "min_output_cosine": params.min_output_cosine,
+            "objective": params.objective,
+            "auto_modes": params.quantize_modes,
+            "max_seconds": max(1.0, min(900.0, 0.8 * ctx.seconds_left)),
+            "error_table": False,
+            "trial_runs": max(10, min(30, params.runs)),
+            **common,
+            **measure,
+        },
+    )
+    train = inputs.datasets.get("train")
+    distill = "distill" in methods and "prune" in methods
+    if "distill" in methods and "prune" not in methods:
+        skipped.append("distill: its student is the model structurally pruned, and prune is not allowed")
+    elif distill and not has_torch:
+        skipped.append("distill: PyTorch is not installed on this worker (the train extra); pruned without training")
+        distill = False
+    elif distill and train is None:
+        skipped.append("distill: no train dataset; pruned without training")
+        distill = False
+
+    def cut(r: float) -> Step:
+        if distill:
+            labels = train is not None and train.summary.label is not None
+            return Step(
+                "distill",
+                f"distill-{r:g}",
+                f"prune {r:.0%} + distill",
+                lambda ctx: {
+                    "student": "auto",
+                    "ratio": r,
+                    "epochs": params.distill_epochs,
+                    "alpha": 0.5 if labels else 0.0,
+                    "monitor": "val_loss" if "validation" in inputs.datasets else "loss",
+                    "threads": params.threads,
+                    "output": params.output,
+                    "batch_sizes": [params.batch_size],
+                    "runs": 10,
+                },
+            )
+        return Step(
+            "prune",
+            f"prune-{r:g}",
+            f"prune {r:.0%}",
+            lambda ctx: {"method": "structured", "ratio": r, **common, **measure},
+        )
+
+    base = (simplify,) if "simplify" in methods else ()
+    chains: list[tuple[Step, ...]] = []
+    if base:
+        chains.append(base)
+    if "quantize" in methods:
+        chains.append((*base, quantize))
+    if "prune" in methods:
+        for r in params.ratios:
+            chains.append((*base, cut(r)))
+            if "quantize" in methods:
+                chains.append((*base, cut(r), quantize))
+    if not labeled:
+        skipped.append("no labels in eval: the accuracy constraint is min_output_cosine on the prediction output")
+    trials = [Trial(index=i + 1, name=" → ".join(s.label for s in c), chain=list(c)) for i, c in enumerate(chains)]
+    return trials, skipped
+
+
+def step_summary(step: Step, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The facts of one chain step a reader needs (its own report is not kept)."""
+    c = report.get("comparison") or {}
+    primary = c.get("primary_metric")
+    metric = (c.get("metrics") or {}).get(primary) if primary else None
+    out: dict[str, Any] = {
+        "step": step.label,
+        "kind": step.kind,
+        "seconds": round(seconds, 3),
+        "original_metric": metric["original"] if metric else None,
+        "metric": metric["candidate"] if metric else None,
+        "drop_absolute": (c.get("drop") or {}).get("absolute"),
+        "size_ratio": (c.get("size_bytes") or {}).get("ratio"),
+        "warnings": report.get("warnings", [])[:5],
+    }
+    if step.kind == "quantize":
+        auto = report.get("auto") or {}
+        out["detail"] = (
+            f"chose {report.get('mode')} among {len(auto.get('trials', []))} configurations; "
+            f"its own goal {'met' if auto.get('goal_met') else 'not met'}"
+        )
+    elif step.kind == "distill":
+        before = report.get("before_training", {})
+        out["detail"] = (
+            f"{report.get('epochs_run')} epochs (best {report.get('best_epoch')}), "
+            f"{before.get('metric')} before training {before.get('value')}, training {report.get('training_seconds')} s"
+        )
+    else:
+        params = report.get("parameters", {})
+        out["detail"] = (
+            f"{report.get('method')}: {report.get('nodes', {}).get('original')} -> "
+            f"{report.get('nodes', {}).get('pruned')} nodes, parameters {params.get('original')} -> "
+            f"{params.get('pruned')}"
+        )
+    return out
+
+
+# -- the choice ------------------------------------------------------------------------------------------------
+def _score(t: Trial) -> float:
+    return t.metric if t.metric is not None else (t.cosine or 0.0)
+
+
+def _dominates(a: Trial, b: Trial) -> bool:
+    """a is no worse than b on every axis and better on one; latencies within LATENCY_TIE count as equal."""
+    la, lb = 1 / (a.speedup or 1e-9), 1 / (b.speedup or 1e-9)
+    sa, sb, za, zb = _score(a), _score(b), a.size_bytes or 0, b.size_bytes or 0
+    no_worse = sa >= sb and za <= zb and la <= lb * LATENCY_TIE
+    better = sa > sb or za < zb or la * LATENCY_TIE < lb
+    return no_worse and better
+
+
+def mark_pareto(rows: list[Trial]) -> None:
+    """The front over (metric, or cosine without labels: higher; latency: lower; size: lower), measured rows."""
+    measured = [t for t in rows if t.status == "measured"]
+    for t in measured:
+        t.pareto = not any(_dominates(o, t) for o in measured if o is not t)
+
+
+@dataclass
+class Choice:
+    trial: Trial | None  # None: keep the original
+    goal_met: bool
+    warnings: list[str]
+
+
+def choose(original: Trial, trials: list[Trial], params: OptimizeParams) -> Choice:
+    measured = [t for t in trials if t.status == "measured"]
+    original.meets = _targets(original, params) | {"accuracy": True}
+    ok = [t for t in measured if t.meets and all(t.meets.values())]
+    if all(original.meets.values()):
+        ok.append(original)
+    if ok:
+        best = _best(ok, params)
+        if best is original:
+            return Choice(
+                None,
+                True,
+                [
+                    f"no trial beat the original on {params.objective} within the constraints: "
+                    "keep the original (nothing registered)"
+                ],
+            )
+        return Choice(best, True, [])
+    rows = [*measured, original]
+    closest = min(rows, key=lambda t: _shortfall(t, params))
+    words = ", ".join(k for k, v in (closest.meets or {}).items() if not v)
+    warning = (
+        f"no trial meets every constraint; the closest is {closest.name} (misses: {words}). "
+        "It is reported as goal_met: false" + ("" if closest is original else " and registered so it can be inspected")
+    )
+    return Choice(None if closest is original else closest, False, [warning])
+
+
+def _best(ok: list[Trial], params: OptimizeParams) -> Trial:
+    if params.objective == "latency":
+        fastest = max(t.speedup or 0 for t in ok)
+        near = [t for t in ok if (t.speedup or 0) * LATENCY_TIE >= fastest]
+        return max(near, key=lambda t: (_score(t), -(t.size_bytes or 0)))
+    smallest = min(t.size_bytes or 0 for t in ok)
+    near = [t for t in ok if (t.size_bytes or 0) <= smallest * SIZE_TIE]
+    return max(near, key=lambda t: (_score(t), t.speedup or 0))
+
+
+def _shortfall(t: Trial, params: OptimizeParams) -> float:
+    """How far a row is from meeting everything, each constraint relative to its own limit."""
+    s = 0.0
+    if t.drop is not None:
+        s += max(0.0, t.drop[params.drop_mode] - params.max_accuracy_drop) / max(params.max_accuracy_drop, 1e-3)
+    elif t.cosine is not None:
+        s += max(0.0, params.min_output_cosine - t.cosine) / max(1 - params.min_output_cosine, 1e-3)
+    if params.max_latency_ms is not None and t.latency_ms is not None:
+        s += max(0.0, t.latency_ms / params.max_latency_ms - 1)
+    if params.max_size_bytes is not None and t.size_bytes is not None:
+        s += max(0.0, t.size_bytes / params.max_size_bytes - 1)
+    return s
