@@ -101,8 +101,8 @@ class _Runner:
         return out / produced[0].filename, summary
 
 
-def _no_progress(fraction: float, stage: str) -> None:
-    return None
+def _same_bytes(a: Path | None, b: Path) -> bool:
+    return a is not None and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 def _diagnose(inputs: JobInputs, warnings: list[str], progress: Progress) -> dict[str, Any] | None:
@@ -189,6 +189,11 @@ def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[
     warnings.extend(choice.warnings)
     artifacts: list[ArtifactOut] = []
     recommended_model = None
+    if choice.trial is not None and _same_bytes(choice.trial.model_path, Path(inputs.model_path)):
+        warnings.append(
+            f"the best trial ({choice.trial.name}) left the model byte for byte unchanged: keep the original"
+        )
+        choice.trial = None
     if choice.trial is not None and choice.trial.model_path is not None:
         dst = Path(inputs.out_dir) / "optimized.onnx"
         shutil.copyfile(choice.trial.model_path, dst)

@@ -1,28 +1,283 @@
-"""A small synchronous client for the onnxsmith REST API (needs only httpx)."""
+"""The onnxsmith Python SDK: `Client` and `AsyncClient` for the REST API (needs only httpx and pydantic).
+
+    from onnxsmith import Client
+    with Client("http://127.0.0.1:8000", api_key) as c:
+        model = c.upload_model("model.onnx")
+        train = c.upload_dataset({"x": x_train, "y": y_train}, name="train")
+        job = c.submit("optimize", model, datasets={"train": train, "validation": val},
+                       params={"max_accuracy_drop": 0.01})
+        report = job.wait().report()          # typed: OptimizeReport
+        c.download_model(report.output_model_id, "optimized.onnx")
+
+Errors from the service (problem+json) are raised as `ProblemError` subclasses carrying `type`, `detail` and the
+whole problem; connection failures and 503s are retried with exponential backoff; every job submission carries an
+Idempotency-Key, so a retried POST never makes two jobs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+
+from onnxsmith.types import (
+    REPORT_TYPES,
+    Artifact,
+    Dataset,
+    JobState,
+    Model,
+    Report,
+)
+
+DEFAULT_TIMEOUT = 600.0
+RETRY_STATUSES = (502, 503, 504)
+FINAL = ("succeeded", "failed", "cancelled")
 
 
+# -- errors ----------------------------------------------------------------------------------------------------
 class OnnxsmithError(Exception):
-    """A problem+json answer from the service."""
+    """Base of every error the SDK raises."""
+
+
+class ConnectionFailed(OnnxsmithError):
+    """The server could not be reached (after the retries)."""
+
+
+class ProblemError(OnnxsmithError):
+    """A problem+json answer: `status`, `type` (the short name, e.g. "incompatible-model"), `detail`, `problem`."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        self.status = status
-        self.problem = problem
-        self.type = problem.get("type", "")
-        self.detail = problem.get("detail", "")
-        super().__init__(f"{status} {problem.get('title', '')}: {self.detail}")
+        self.status, self.problem = status, problem
+        self.type = str(problem.get("type", "")).rsplit("/", 1)[-1] or f"http-{status}"
+        self.detail = str(problem.get("detail", ""))
+        self.errors = problem.get("errors") or []
+        super().__init__(f"{status} {self.type}: {self.detail}")
+
+
+class BadRequest(ProblemError):
+    """400/405/413/415 and other 4xx not named below."""
+
+
+class Unauthorized(ProblemError):
+    """401: missing, invalid or revoked API key."""
+
+
+class NotFound(ProblemError):
+    """404: unknown id, or another tenant's."""
+
+
+class Conflict(ProblemError):
+    """409: e.g. a report of a job that has not succeeded, an idempotency key reused with another body."""
+
+
+class Invalid(ProblemError):
+    """422: the request cannot run (bad params, data that does not fit the model, ...)."""
+
+
+class ServiceUnavailable(ProblemError):
+    """503 (after the retries): e.g. the broker is down."""
+
+
+class ServerError(ProblemError):
+    """500: a bug in the service."""
+
+
+class JobFailed(OnnxsmithError):
+    """`Job.wait()` on a job that failed or was cancelled: `job` is its last state, `code`/`detail` its error."""
+
+    def __init__(self, job: JobState) -> None:
+        self.job = job
+        error = job.error or {}
+        self.code, self.detail = error.get("code", job.status), error.get("detail", "")
+        super().__init__(f"job {job.id} {job.status}" + (f": {self.code}: {self.detail}" if job.error else ""))
+
+
+_BY_STATUS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: Invalid, 503: ServiceUnavailable}
+
+
+def problem_error(response: httpx.Response) -> ProblemError:
+    try:
+        problem = response.json()
+        if not isinstance(problem, dict):
+            problem = {"detail": str(problem)}
+    except ValueError:
+        problem = {"detail": response.text[:500]}
+    cls = _BY_STATUS.get(response.status_code) or (ServerError if response.status_code >= 500 else BadRequest)
+    return cls(response.status_code, problem)
+
+
+# -- shared helpers --------------------------------------------------------------------------------------------
+def _id(thing: Any) -> str:
+    """An id from an id, a returned object (Model, Dataset, Job, Artifact, ...) or a dict with "id"."""
+    if isinstance(thing, str):
+        return thing
+    if isinstance(thing, Mapping):
+        return str(thing["id"])
+    return str(thing.id)
+
+
+def _params(params: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json", exclude_unset=True)
+    return dict(params)
+
+
+def job_body(
+    kind: str,
+    model: str | BaseModel,
+    datasets: Mapping[str, str | BaseModel] | None,
+    params: Mapping[str, Any] | BaseModel | None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "model_id": _id(model),
+        "datasets": {role: _id(d) for role, d in (datasets or {}).items()},
+        "params": _params(params),
+    }
+
+
+def _backoff(attempt: int, base: float) -> float:
+    return min(base * 2**attempt, 30.0)
+
+
+@contextmanager
+def dataset_file(data: Any, name: str | None) -> Iterator[tuple[Path, str | None]]:
+    """A file to upload for `data`: a path as it is; a mapping of numpy arrays (or an (x, y) pair) as a temporary
+    .npz; a pandas DataFrame as a temporary .parquet. Yields (path, default name)."""
+    if isinstance(data, str | os.PathLike):
+        yield Path(data), name
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxsmith-") as tmp:
+        stem = name or "dataset"
+        if hasattr(data, "to_parquet"):  # a pandas DataFrame (pyarrow writes it)
+            path = Path(tmp) / f"{stem}.parquet"
+            data.to_parquet(path, index=False)
+        else:
+            import numpy as np
+
+            arrays = {"x": data[0], "y": data[1]} if isinstance(data, tuple) and len(data) == 2 else data
+            if not isinstance(arrays, Mapping):
+                raise TypeError("upload_dataset takes a path, {name: array}, (x, y) or a pandas DataFrame")
+            path = Path(tmp) / f"{stem}.npz"
+            np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+        yield path, name or stem
+
+
+class _ProgressReader(io.RawIOBase):
+    """A file read in chunks that advances a progress callback (multipart uploads stream from it)."""
+
+    def __init__(self, f: Any, advance: Any) -> None:
+        self.f, self.advance = f, advance
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        self.advance(len(chunk))
+        return chunk
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+@contextmanager
+def _bar(description: str, total: float | None, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr, or a no-op; yields update(completed=..., description=...)."""
+    if not enabled:
+        yield lambda **_: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
+    if total and total > 1:
+        columns.insert(2, DownloadColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda **kw: bar.update(task, **kw)
+
+
+# -- the synchronous client ------------------------------------------------------------------------------------
+class Job:
+    """A submitted job bound to its client: `refresh()`, `wait()`, `report()`, `cancel()`, `artifacts()`."""
+
+    def __init__(self, client: Client, state: JobState) -> None:
+        self.client, self.state = client, state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)
+
+    def __repr__(self) -> str:
+        return f"Job({self.state.id!r}, {self.state.kind!r}, {self.state.status!r})"
+
+    def refresh(self) -> Job:
+        self.state = self.client.get_job(self.state.id).state
+        return self
+
+    def wait(self, *, timeout: float | None = None, poll: float = 1.0, progress: bool | None = None) -> Job:
+        """Until the job ends; a progress bar on stderr when it is a terminal (`progress` forces it on or off).
+        Raises JobFailed if it failed or was cancelled, TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _bar(f"{self.state.kind} {self.state.id}", 1.0, _show_progress(progress)) as update:
+            while True:
+                self.refresh()
+                update(completed=self.state.progress, description=f"{self.state.kind}: {self.state.stage}"[:70])
+                if self.state.status in FINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.state.id} still {self.state.status} after {timeout} s")
+                time.sleep(poll)
+        if self.state.status != "succeeded":
+            raise JobFailed(self.state)
+        return self
+
+    def report(self) -> Report:
+        return self.client.report(self.state.id)
+
+    def cancel(self) -> Job:
+        self.state = self.client.cancel_job(self.state.id).state
+        return self
+
+    def artifacts(self) -> list[Artifact]:
+        return self.client.list_artifacts(self.state.id)
 
 
 class Client:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 600.0) -> None:
+    """Synchronous client. `retries` applies to connection errors and 502/503/504 (backoff 0.5 s, doubling)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")
+        api_key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
+        self.base_url, self.retries, self.backoff = base_url.rstrip("/"), retries, backoff
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
         )
 
     def __enter__(self) -> Client:
@@ -34,46 +289,302 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _check(self, response: httpx.Response) -> httpx.Response:
-        if response.status_code >= 400:
+    # transport ------------------------------------------------------------------------------------------------
+    def _request(self, method: str, url: str, *, files: Any = None, **kw: Any) -> httpx.Response:
+        """One call with retries; `files` is a callable that opens the multipart parts afresh for each attempt."""
+        for attempt in range(self.retries + 1):
             try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text}
-            raise OnnxsmithError(response.status_code, problem)
-        return response
+                if files is not None:
+                    with files() as parts:
+                        response = self._http.request(method, url, files=parts, **kw)
+                else:
+                    response = self._http.request(method, url, **kw)
+            except (httpx.TransportError, OSError) as exc:
+                if attempt >= self.retries:
+                    raise ConnectionFailed(
+                        f"cannot reach onnxsmith at {self.base_url} ({type(exc).__name__}: {exc}) "
+                        f"after {attempt + 1} attempt(s)"
+                    ) from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    if response.status_code >= 400:
+                        raise problem_error(response)
+                    return response
+            time.sleep(_backoff(attempt, self.backoff))
+        raise AssertionError("unreachable")
 
-    def upload_model(self, path: str | Path, *, name: str | None = None) -> dict[str, Any]:
-        """Upload an ONNX file; returns the model (the existing one if these bytes were uploaded before)."""
-        path = Path(path)
-        with open(path, "rb") as f:
-            data = {"name": name} if name else None
-            return self._check(self._http.post("/v1/models", files={"file": (path.name, f)}, data=data)).json()
+    def _json(self, method: str, url: str, **kw: Any) -> Any:
+        return self._request(method, url, **kw).json()
 
-    def get_model(self, model_id: str) -> dict[str, Any]:
-        return self._check(self._http.get(f"/v1/models/{model_id}")).json()
-
-    def list_models(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        """Every model of the tenant, newest first (follows pagination)."""
+    def _pages(self, url: str, limit: int, **filters: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"limit": limit}
+        params: dict[str, Any] = {"limit": limit, **{k: v for k, v in filters.items() if v is not None}}
         while True:
-            page = self._check(self._http.get("/v1/models", params=params)).json()
+            page = self._json("GET", url, params=params)
             items.extend(page["items"])
-            if not page["next_cursor"]:
+            if not page.get("next_cursor"):
                 return items
             params["cursor"] = page["next_cursor"]
 
-    def download_model(self, model_id: str, dest: str | Path) -> Path:
-        dest = Path(dest)
-        with self._http.stream("GET", f"/v1/models/{model_id}/content") as response:
-            if response.status_code >= 400:
-                response.read()
-                self._check(response)
-            with open(dest, "wb") as out:
-                for chunk in response.iter_bytes(1 << 20):
-                    out.write(chunk)
-        return dest
+    def _upload(self, url: str, path: Path, fields: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+        size = path.stat().st_size
+        with _bar(f"uploading {path.name}", size, _show_progress(progress)) as update:
+            done = [0]
 
-    def delete_model(self, model_id: str) -> None:
-        self._check(self._http.delete(f"/v1/models/{model_id}"))
+            def advance(n: int) -> None:
+                done[0] += n
+                update(completed=done[0])
+
+            @contextmanager
+            def parts() -> Iterator[dict[str, Any]]:
+                done[0] = 0
+                with open(path, "rb") as f:
+                    yield {"file": (path.name, _ProgressReader(f, advance))}
+
+            data = {k: v for k, v in fields.items() if v is not None} or None
+            return self._json("POST", url, files=parts, data=data)  # type: ignore[no-any-return]
+
+    # models -----------------------------------------------------------------------------------------------------
+    def upload_model(self, path: str | os.PathLike, *, name: str | None = None, progress: bool | None = None) -> Model:
+        """Upload an ONNX file (streamed); the existing model when these bytes were uploaded before."""
+        return Model.model_validate(self._upload("/v1/models", Path(path), {"name": name}, progress))
+
+    def get_model(self, model: str | BaseModel) -> Model:
+        return Model.model_validate(self._json("GET", f"/v1/models/{_id(model)}"))
+
+    def list_models(self, *, limit: int = 100) -> list[Model]:
+        return [Model.model_validate(m) for m in self._pages("/v1/models", limit)]
+
+    def delete_model(self, model: str | BaseModel) -> None:
+        self._request("DELETE", f"/v1/models/{_id(model)}")
+
+    def download_model(self, model: str | BaseModel, dest: str | os.PathLike, *, progress: bool | None = None) -> Path:
+        return self._download(f"/v1/models/{_id(model)}/content", Path(dest), progress)
+
+    # datasets ---------------------------------------------------------------------------------------------------
+    def upload_dataset(
+        self,
+        data: Any,
+        *,
+        name: str | None = None,
+        label: str | None = None,
+        kind: str | None = None,
+        progress: bool | None = None,
+    ) -> Dataset:
+        """A file (.npz, .csv, .parquet; .json/.csv training history with kind="history"), a mapping of numpy
+        arrays (`{"x": ..., "y": ...}`), an `(x, y)` pair, or a pandas DataFrame (sent as parquet)."""
+        with dataset_file(data, name) as (path, default_name):
+            fields = {"name": default_name, "label": label, "kind": kind}
+            return Dataset.model_validate(self._upload("/v1/datasets", path, fields, progress))
+
+    def get_dataset(self, dataset: str | BaseModel) -> Dataset:
+        return Dataset.model_validate(self._json("GET", f"/v1/datasets/{_id(dataset)}"))
+
+    def list_datasets(self, *, limit: int = 100) -> list[Dataset]:
+        return [Dataset.model_validate(d) for d in self._pages("/v1/datasets", limit)]
+
+    def delete_dataset(self, dataset: str | BaseModel) -> None:
+        self._request("DELETE", f"/v1/datasets/{_id(dataset)}")
+
+    # jobs -------------------------------------------------------------------------------------------------------
+    def submit(
+        self,
+        kind: str,
+        model: str | BaseModel,
+        *,
+        datasets: Mapping[str, str | BaseModel] | None = None,
+        params: Mapping[str, Any] | BaseModel | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job. An Idempotency-Key is generated when none is given, so the retries never make two jobs."""
+        headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"}
+        body = job_body(kind, model, datasets, params)
+        return Job(self, JobState.model_validate(self._json("POST", "/v1/jobs", json=body, headers=headers)))
+
+    def optimize(
+        self,
+        model: str | BaseModel,
+        *,
+        train: str | BaseModel | None = None,
+        validation: str | BaseModel | None = None,
+        test: str | BaseModel | None = None,
+        calibration: str | BaseModel | None = None,
+        **params: Any,
+    ) -> Job:
+        """`submit("optimize", ...)` with the datasets by role and the params as keywords
+        (max_accuracy_drop=0.01, objective="latency", max_latency_ms=..., methods=[...], ...)."""
+        roles = {"train": train, "validation": validation, "test": test, "calibration": calibration}
+        datasets = {r: d for r, d in roles.items() if d is not None}
+        return self.submit("optimize", model, datasets=datasets, params=params)
+
+    def get_job(self, job: str | BaseModel) -> Job:
+        return Job(self, JobState.model_validate(self._json("GET", f"/v1/jobs/{_id(job)}")))
+
+    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 100) -> list[Job]:
+        return [Job(self, JobState.model_validate(j)) for j in self._pages("/v1/jobs", limit, status=status, kind=kind)]
+
+    def cancel_job(self, job: str | BaseModel) -> Job:
+        return Job(self, JobState.model_validate(self._json("POST", f"/v1/jobs/{_id(job)}/cancel")))
+
+    def report(self, job: str | BaseModel) -> Report:
+        """The report of a succeeded job, typed by its kind (unknown fields are kept as attributes)."""
+        data = self._json("GET", f"/v1/jobs/{_id(job)}/report")
+        return REPORT_TYPES.get(data.get("kind"), Report).model_validate(data)
+
+    def report_html(self, job: str | BaseModel) -> str:
+        return self._request("GET", f"/v1/jobs/{_id(job)}/report.html").text
+
+    def list_artifacts(self, job: str | BaseModel) -> list[Artifact]:
+        return [Artifact.model_validate(a) for a in self._json("GET", f"/v1/jobs/{_id(job)}/artifacts")]
+
+    def download(self, artifact: str | BaseModel, dest: str | os.PathLike, *, progress: bool | None = None) -> Path:
+        """An artifact's file, streamed to `dest`."""
+        return self._download(f"/v1/artifacts/{_id(artifact)}/content", Path(dest), progress)
+
+    def _download(self, url: str, dest: Path, progress: bool | None) -> Path:
+        for attempt in range(self.retries + 1):
+            try:
+                with self._http.stream("GET", url) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                            time.sleep(_backoff(attempt, self.backoff))
+                            continue
+                        raise problem_error(response)
+                    total = int(response.headers.get("content-length") or 0) or None
+                    tmp = dest.with_name(dest.name + ".part")
+                    with (
+                        _bar(f"downloading {dest.name}", total, _show_progress(progress)) as update,
+                        open(tmp, "wb") as out,
+                    ):
+                        for chunk in response.iter_bytes(1 << 20):
+                            out.write(chunk)
+                            update(completed=out.tell())
+                    tmp.replace(dest)
+                    return dest
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise ConnectionFailed(f"cannot reach onnxsmith at {self.base_url} ({exc})") from exc
+                time.sleep(_backoff(attempt, self.backoff))
+        raise AssertionError("unreachable")
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/readyz")  # type: ignore[no-any-return]
+
+
+# -- the asynchronous client -----------------------------------------------------------------------------------
+class AsyncClient:
+    """The same calls for asyncio code: `await c.upload_model(...)`, `await c.wait(job)`, ..."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")
+        api_key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
+        self.base_url, self.retries, self.backoff = base_url.rstrip("/"), retries, backoff
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, url: str, *, upload: Path | None = None, **kw: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                if upload is not None:
+                    with open(upload, "rb") as f:
+                        response = await self._http.request(method, url, files={"file": (upload.name, f)}, **kw)
+                else:
+                    response = await self._http.request(method, url, **kw)
+            except (httpx.TransportError, OSError) as exc:
+                if attempt >= self.retries:
+                    raise ConnectionFailed(f"cannot reach onnxsmith at {self.base_url} ({exc})") from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    if response.status_code >= 400:
+                        raise problem_error(response)
+                    return response
+            await asyncio.sleep(_backoff(attempt, self.backoff))
+        raise AssertionError("unreachable")
+
+    async def upload_model(self, path: str | os.PathLike, *, name: str | None = None) -> Model:
+        r = await self._request("POST", "/v1/models", upload=Path(path), data={"name": name} if name else None)
+        return Model.model_validate(r.json())
+
+    async def upload_dataset(
+        self, data: Any, *, name: str | None = None, label: str | None = None, kind: str | None = None
+    ) -> Dataset:
+        with dataset_file(data, name) as (path, default_name):
+            fields = {k: v for k, v in {"name": default_name, "label": label, "kind": kind}.items() if v is not None}
+            r = await self._request("POST", "/v1/datasets", upload=path, data=fields or None)
+        return Dataset.model_validate(r.json())
+
+    async def submit(
+        self,
+        kind: str,
+        model: str | BaseModel,
+        *,
+        datasets: Mapping[str, str | BaseModel] | None = None,
+        params: Mapping[str, Any] | BaseModel | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobState:
+        headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"}
+        r = await self._request("POST", "/v1/jobs", json=job_body(kind, model, datasets, params), headers=headers)
+        return JobState.model_validate(r.json())
+
+    async def get_job(self, job: str | BaseModel) -> JobState:
+        return JobState.model_validate((await self._request("GET", f"/v1/jobs/{_id(job)}")).json())
+
+    async def wait(self, job: str | BaseModel, *, timeout: float | None = None, poll: float = 1.0) -> JobState:
+        """Until the job ends; JobFailed if it failed or was cancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.get_job(job)
+            if state.status in FINAL:
+                if state.status != "succeeded":
+                    raise JobFailed(state)
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {state.id} still {state.status} after {timeout} s")
+            await asyncio.sleep(poll)
+
+    async def cancel_job(self, job: str | BaseModel) -> JobState:
+        return JobState.model_validate((await self._request("POST", f"/v1/jobs/{_id(job)}/cancel")).json())
+
+    async def report(self, job: str | BaseModel) -> Report:
+        data = (await self._request("GET", f"/v1/jobs/{_id(job)}/report")).json()
+        return REPORT_TYPES.get(data.get("kind"), Report).model_validate(data)
+
+    async def list_artifacts(self, job: str | BaseModel) -> list[Artifact]:
+        data = (await self._request("GET", f"/v1/jobs/{_id(job)}/artifacts")).json()
+        return [Artifact.model_validate(a) for a in data]
+
+    async def download(self, artifact: str | BaseModel, dest: str | os.PathLike) -> Path:
+        dest = Path(dest)
+        async with self._http.stream("GET", f"/v1/artifacts/{_id(artifact)}/content") as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise problem_error(response)
+            tmp = dest.with_name(dest.name + ".part")
+            with open(tmp, "wb") as out:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    out.write(chunk)
+            tmp.replace(dest)
+        return dest

@@ -1,0 +1,153 @@
+"""What the API returns, as pydantic models the SDK hands back. Only pydantic here: the SDK does not import the
+service or the engine. Unknown fields are kept (extra="allow"), so a newer server never breaks an older SDK."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Model(_Open):
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    source_job_id: str | None = None
+    created_at: datetime
+    info: dict[str, Any]
+
+
+class Dataset(_Open):
+    id: str
+    name: str
+    kind: str
+    format: str
+    label: str | None = None
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    summary: dict[str, Any]
+
+
+class JobState(_Open):
+    id: str
+    kind: str
+    status: str
+    progress: float
+    stage: str
+    model_id: str | None = None
+    datasets: dict[str, str] = {}
+    params: dict[str, Any] = {}
+    error: dict[str, str] | None = None
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    report_url: str | None = None
+
+
+class Artifact(_Open):
+    id: str
+    job_id: str
+    role: str
+    filename: str
+    media_type: str
+    sha256: str
+    size_bytes: int
+
+
+# -- reports ---------------------------------------------------------------------------------------------------
+class Report(_Open):
+    """Every report: schema_version, kind, warnings, machine; the kind's own fields as attributes."""
+
+    schema_version: int
+    kind: str
+    warnings: list[str] = []
+    machine: dict[str, Any] = {}
+    output_model_id: str | None = None  # set by the service when the job registered a model
+
+
+class Comparison(_Open):
+    size_bytes: dict[str, float]
+    latency_ms: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]] | None = None
+    primary_metric: str | None = None
+    drop: dict[str, float] | None = None
+    fidelity: list[dict[str, Any]]
+    eval_samples: int
+
+
+class Trial(_Open):
+    index: int
+    name: str
+    status: str
+    error: dict[str, str] | None = None
+    metric: float | None = None
+    drop: dict[str, float] | None = None
+    cosine: float | None = None
+    latency_ms: float | None = None
+    speedup: float | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    meets: dict[str, bool] | None = None
+    pareto: bool = False
+
+
+class OptimizeReport(Report):
+    goal: dict[str, Any]
+    goal_met: bool
+    fit: dict[str, Any] | None = None
+    original: Trial
+    trials: list[Trial]
+    skipped: list[str] = []
+    recommended: int
+    recommended_chain: list[str]
+    comparison: Comparison | None = None
+    seconds: float
+
+    @property
+    def winner(self) -> Trial:
+        return self.trials[self.recommended - 1] if self.recommended else self.original
+
+
+class CompareReport(Report):
+    comparison: Comparison
+
+
+class QuantizeReport(Report):
+    mode: str
+    comparison: Comparison
+
+
+class PruneReport(Report):
+    method: str
+    comparison: Comparison
+
+
+class DistillReport(Report):
+    comparison: Comparison
+    epochs_run: int
+    best_epoch: int | None = None
+
+
+class DiagnoseReport(Report):
+    verdict: str
+    summary: str
+    primary_metric: str
+    remedies: list[dict[str, Any]] = []
+
+
+REPORT_TYPES: dict[str, type[Report]] = {
+    "optimize": OptimizeReport,
+    "compare": CompareReport,
+    "quantize": QuantizeReport,
+    "prune": PruneReport,
+    "distill": DistillReport,
+    "diagnose": DiagnoseReport,
+}

@@ -1,0 +1,146 @@
+"""The SDK against a live server (uvicorn on a free port) + a real worker, PostgreSQL, Redis and a store."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from onnxsmith import AsyncClient, Client, ConnectionFailed, Invalid, JobFailed, NotFound, Unauthorized
+from onnxsmith.types import OptimizeReport
+from service.app import create_app
+from service.jobs.tables import Job
+from tests import digits, onnx_models
+from tests.conftest import create_key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(e2e_settings, start_worker) -> Iterator[tuple[str, str]]:
+    """(base url, API key) of a live API; a worker consumes its jobs."""
+    start_worker()
+    port = _free_port()
+    config = uvicorn.Config(create_app(e2e_settings), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", create_key(e2e_settings, "sdk")
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_upload_submit_wait_report_download(server, tmp_path) -> None:
+    url, key = server
+    f = digits.files(tmp_path, hidden=64)
+    d = digits.split()
+    with Client(url, key) as c:
+        model = c.upload_model(f["model"])
+        assert model.info["inputs"][0]["name"] == "x" and c.upload_model(f["model"]).id == model.id  # same bytes
+        train = c.upload_dataset({"x": d["x_train"], "y": d["y_train"]}, name="train")  # numpy arrays
+        assert train.summary["sample_count"] == 1100 and train.label == "y" and train.name == "train"
+        val = c.upload_dataset((d["x_val"], d["y_val"]), name="val")  # an (x, y) pair
+        test = c.upload_dataset(f["test"])  # a file
+        job = c.optimize(
+            model, train=train, validation=val, test=test, ratios=[0.5], distill_epochs=5, runs=5,
+            quantize_modes=["dynamic"], objective="size",
+        )  # fmt: skip
+        assert job.status == "queued" and job.params["ratios"] == [0.5]
+        job.wait(timeout=240, poll=0.3, progress=False)
+        assert job.status == "succeeded" and job.progress == 1.0
+        report = job.report()
+        assert isinstance(report, OptimizeReport) and report.winner.index == report.recommended
+        assert report.goal_met and report.comparison is not None
+        (artifact,) = job.artifacts()
+        path = c.download(artifact, tmp_path / "optimized.onnx")
+        assert path.stat().st_size == artifact.size_bytes == report.recommended_model["size_bytes"]
+        assert c.get_model(report.output_model_id).source_job_id == job.id
+        assert job.id in [j.id for j in c.list_jobs(kind="optimize")]
+        assert "Every trial" in c.report_html(job)
+
+
+def test_problems_are_typed_exceptions(server, tmp_path) -> None:
+    url, key = server
+    with Client(url, key) as c:
+        model = c.upload_model(onnx_models.mlp(tmp_path / "m.onnx"))
+        with pytest.raises(NotFound) as e:
+            c.get_model("mod_nope")
+        assert e.value.status == 404 and e.value.type == "not-found" and "mod_nope" in e.value.detail
+        with pytest.raises(Invalid) as e:
+            c.submit("optimize", model, params={"methods": ["shrink"]})
+        assert e.value.type == "validation-error" and any("methods" in x["field"] for x in e.value.errors)
+        with pytest.raises(Invalid, match="unknown job kind"):
+            c.submit("explode", model)
+        w, b = np.ones((8, 3)), np.zeros(3)
+        linear = c.upload_model(onnx_models.linear(tmp_path / "lin.onnx", w, b))  # its one layer is the output
+        bad = c.submit("prune", linear, params={"method": "structured", "ratio": 0.5, "runs": 5})
+        with pytest.raises(JobFailed) as failed:
+            bad.wait(timeout=60, poll=0.2, progress=False)
+        assert failed.value.job.status == "failed" and failed.value.code == "nothing_to_prune"
+    with Client(url, "osk_wrong") as c, pytest.raises(Unauthorized) as e:
+        c.list_models()
+    assert "API key" in e.value.detail or e.value.detail
+
+
+def test_unreachable_server_fails_clearly_after_the_retries() -> None:
+    started = time.monotonic()
+    client = Client(f"http://127.0.0.1:{_free_port()}", "k", retries=2, backoff=0.05)
+    with client as c, pytest.raises(ConnectionFailed, match="cannot reach onnxsmith") as e:
+        c.list_models()
+    assert "3 attempt(s)" in str(e.value) and time.monotonic() - started < 10
+
+
+def test_a_lost_response_is_retried_and_makes_one_job(server, tmp_path, db) -> None:
+    """The first POST reaches the server but its answer is lost; the retry carries the same Idempotency-Key."""
+    url, key = server
+    real = httpx.HTTPTransport()
+    seen: list[str] = []
+
+    class LoseFirstAnswer(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.path == "/v1/jobs":
+                seen.append(request.headers["Idempotency-Key"])
+                if len(seen) == 1:
+                    real.handle_request(request).close()  # the job is created...
+                    raise httpx.ReadError("connection reset")  # ...and the answer never arrives
+                if len(seen) == 2:
+                    return httpx.Response(503, json={"type": "broker-unavailable", "detail": "try again"})
+            return real.handle_request(request)
+
+    with Client(url, key, transport=LoseFirstAnswer(), backoff=0.01) as c:
+        model = c.upload_model(onnx_models.mlp(tmp_path / "m.onnx"))
+        job = c.submit("benchmark", model, params={"runs": 5, "batch_sizes": [1]})
+    assert len(seen) == 3 and len(set(seen)) == 1  # three attempts, one key
+    count = db.scalar(sa.select(sa.func.count()).select_from(Job).where(Job.idempotency_key == seen[0]))
+    assert count == 1 and job.id
+
+
+def test_async_client(server, tmp_path) -> None:
+    url, key = server
+
+    async def go() -> None:
+        async with AsyncClient(url, key) as c:
+            model = await c.upload_model(onnx_models.mlp(tmp_path / "m.onnx"))
+            job = await c.submit("benchmark", model, params={"runs": 5, "batch_sizes": [1]})
+            done = await c.wait(job, timeout=60, poll=0.2)
+            report = await c.report(done)
+            assert report.kind == "benchmark" and report.results  # an extra field, kept
+            with pytest.raises(NotFound):
+                await c.get_job("job_nope")
+
+    asyncio.run(go())
