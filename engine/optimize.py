@@ -48,7 +48,7 @@ class _Runner:
     def __init__(self, inputs: JobInputs, params: OptimizeParams, started: float) -> None:
         self.inputs, self.params, self.started = inputs, params, started
         self.done: dict[tuple[str, ...], tuple[Path, dict[str, Any]] | EngineError] = {}
-        self.root = Path(inputs.out_dir) / "trials"
+        self.root = Path(inputs.out_dir) / "scratch" / "trials"
         self.summaries_so_far: list[dict[str, Any]] = []
 
     def left(self) -> float:
@@ -112,7 +112,7 @@ def _diagnose(inputs: JobInputs, warnings: list[str], progress: Progress) -> dic
     if not {"train", "validation"} <= set(inputs.datasets):
         warnings.append("no fit diagnosis: it needs labeled train and validation datasets")
         return None
-    sub = inputs.model_copy(update={"out_dir": str(Path(inputs.out_dir) / "diagnose")})
+    sub = inputs.model_copy(update={"out_dir": str(Path(inputs.out_dir) / "scratch" / "diagnose")})
     Path(sub.out_dir).mkdir(parents=True, exist_ok=True)
     try:
         report, _ = diagnose(sub, DiagnoseParams(), progress)
@@ -208,7 +208,7 @@ def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[
                 model_info=out_info.model_dump(mode="json"),
             )
         )
-    shutil.rmtree(runner.root, ignore_errors=True)
+    shutil.rmtree(runner.root.parent, ignore_errors=True)
     machine.load_average_1m_after = load_average()
     report = OptimizeReport(
         warnings=warnings,

@@ -7,11 +7,18 @@ import sys
 import typer
 from rich.console import Console
 
+from onnxsmith.cli_optimize import optimize
+from onnxsmith.cli_remote import datasets_app, jobs_app, models_app
+
 app = typer.Typer(help="onnxsmith: diagnose and compress ONNX models.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+app.command("optimize")(optimize)
 console = Console()
 err = Console(stderr=True)
 

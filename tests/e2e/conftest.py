@@ -7,14 +7,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -139,3 +142,30 @@ def wait_job(api: TestClient, job_id: str, statuses=("succeeded", "failed", "can
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} still {job['status']} ({job['stage']}) after {timeout} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_worker(start_worker) -> Worker:
+    return start_worker()
+
+
+@pytest.fixture
+def server(e2e_settings, server_worker) -> Iterator[tuple[str, str]]:
+    """(base url, API key) of a live API (uvicorn on a free port); a worker consumes its jobs."""
+    port = free_port()
+    config = uvicorn.Config(create_app(e2e_settings), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", create_key(e2e_settings, "sdk")
+    srv.should_exit = True
+    thread.join(10)

@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from onnxsmith import AsyncClient, Client, ConnectionFailed, Invalid, JobFailed, NotFound, Unauthorized
 from onnxsmith.types import OptimizeReport
-from service.app import create_app
 from service.jobs.tables import Job
 from tests import digits, onnx_models
-from tests.conftest import create_key
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(e2e_settings, start_worker) -> Iterator[tuple[str, str]]:
-    """(base url, API key) of a live API; a worker consumes its jobs."""
-    start_worker()
-    port = _free_port()
-    config = uvicorn.Config(create_app(e2e_settings), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", create_key(e2e_settings, "sdk")
-    srv.should_exit = True
-    thread.join(10)
+from tests.e2e.conftest import free_port
 
 
 def test_upload_submit_wait_report_download(server, tmp_path) -> None:
@@ -99,7 +71,7 @@ def test_problems_are_typed_exceptions(server, tmp_path) -> None:
 
 def test_unreachable_server_fails_clearly_after_the_retries() -> None:
     started = time.monotonic()
-    client = Client(f"http://127.0.0.1:{_free_port()}", "k", retries=2, backoff=0.05)
+    client = Client(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.05)
     with client as c, pytest.raises(ConnectionFailed, match="cannot reach onnxsmith") as e:
         c.list_models()
     assert "3 attempt(s)" in str(e.value) and time.monotonic() - started < 10

@@ -126,7 +126,7 @@ def test_optimize_digits_recommends_a_smaller_model_within_the_drop(tmp_path, di
     assert report["recommended_chain"] == win["name"].split(" → ")
     assert out["artifacts"][0]["register_as_model"] == "optimized"
     assert (tmp_path / "out" / "optimized.onnx").stat().st_size == win["size_bytes"]
-    assert not (tmp_path / "out" / "trials").exists()  # intermediate models are not left behind
+    assert not (tmp_path / "out" / "scratch").exists()  # intermediate models are not left behind
     distilled = next(t for t in report["trials"] if t["name"].endswith("distill"))
     assert "epochs" in distilled["steps"][-1]["detail"]
     page = render_report(report, {"id": "job_1", "kind": "optimize", "status": "succeeded", "model_id": "m"})
