@@ -26,10 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import models  # noqa: E402
-from engine.datasets import inspect_dataset  # noqa: E402
-from engine.inspect import check_and_inspect  # noqa: E402
-from engine.jobs import run_in_child  # noqa: E402
+from bench import common, models  # noqa: E402
 from tests import data_files  # noqa: E402
 
 
@@ -160,29 +157,8 @@ def digits_cases(work: Path) -> list[dict]:
 
 
 def diagnose(case: dict, work: Path) -> dict:
-    out = Path(tempfile.mkdtemp(dir=work)) / "out"
-    out.mkdir()
-    datasets = {}
-    for role in ("train", "validation", "history"):
-        if role in case:
-            path = case[role]
-            fmt = path.suffix.lstrip(".")
-            summary = inspect_dataset(str(path), fmt, "history" if role == "history" else "samples", None)
-            label = summary.label.name if summary.label else None
-            datasets[role] = {
-                "path": str(path),
-                "format": fmt,
-                "label": label,
-                "summary": summary.model_dump(mode="json"),
-            }
-    inputs = {
-        "model_path": str(case["model"]),
-        "model_info": check_and_inspect(str(case["model"])).model_dump(mode="json"),
-        "datasets": datasets,
-        "out_dir": str(out),
-        "max_threads": 1,
-    }
-    return run_in_child("diagnose", inputs, {})["report"]
+    datasets = {role: case[role] for role in ("train", "validation", "history") if role in case}
+    return common.job("diagnose", case["model"], datasets, {}, work)["report"]
 
 
 def main() -> None:

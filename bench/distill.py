@@ -20,30 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import models  # noqa: E402
-from engine.datasets import inspect_dataset  # noqa: E402
-from engine.inspect import check_and_inspect  # noqa: E402
-from engine.jobs import run_in_child  # noqa: E402
+from bench import common, models  # noqa: E402
 from tests import data_files  # noqa: E402
 
 
 def job(kind: str, model: Path, datasets: dict[str, Path], params: dict, work: Path) -> tuple[dict, Path]:
-    out = Path(tempfile.mkdtemp(dir=work)) / "out"
-    out.mkdir()
-    ds = {}
-    for role, path in datasets.items():
-        summary = inspect_dataset(str(path), "npz", "samples", None)
-        label = summary.label.name if summary.label else None
-        ds[role] = {"path": str(path), "format": "npz", "label": label, "summary": summary.model_dump(mode="json")}
-    inputs = {
-        "model_path": str(model),
-        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": ds,
-        "out_dir": str(out),
-        "max_threads": 1,
-    }
-    result = run_in_child(kind, inputs, params)
-    return result["report"], out / result["artifacts"][0]["filename"]
+    result = common.job(kind, model, datasets, params, work)
+    return result["report"], result["out_dir"] / result["artifacts"][0]["filename"]
 
 
 def main() -> None:

@@ -20,29 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import models  # noqa: E402
-from engine.datasets import inspect_dataset  # noqa: E402
-from engine.inspect import check_and_inspect  # noqa: E402
-from engine.jobs import run_in_child  # noqa: E402
+from bench import common, models  # noqa: E402
 from tests import data_files  # noqa: E402
 
 
 def run(model: Path, evald: Path, params: dict, work: Path) -> dict:
-    out = Path(tempfile.mkdtemp(dir=work)) / "out"
-    out.mkdir()
-    summary = inspect_dataset(str(evald), "npz", "samples", None)
-    label = summary.label.name if summary.label else None
-    inputs = {
-        "model_path": str(model),
-        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": {
-            "eval": {"path": str(evald), "format": "npz", "label": label, "summary": summary.model_dump(mode="json")}
-        },
-        "out_dir": str(out),
-        "max_threads": 2,
-    }
     full = {"batch_sizes": [1, 32], "threads": [1, 2], "runs": 40, "warmup_runs": 5, **params}
-    report = run_in_child("prune", inputs, full)["report"]
+    report = common.job("prune", model, {"eval": evald}, full, work, threads=2)["report"]
     c = report["comparison"]
     row = {
         "params": f"{report['parameters']['original']} -> {report['parameters']['pruned']}",

@@ -23,10 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import models  # noqa: E402
-from engine.datasets import inspect_dataset  # noqa: E402
-from engine.inspect import check_and_inspect  # noqa: E402
-from engine.jobs import run_in_child  # noqa: E402
+from bench import common, models  # noqa: E402
 from tests import data_files  # noqa: E402
 
 MODES = [
@@ -61,28 +58,9 @@ def cases(work: Path, names: list[str]) -> dict[str, tuple[Path, Path, Path]]:
 
 
 def run(model: Path, calib: Path, evald: Path, params: dict, work: Path, runs: int) -> dict:
-    out = Path(tempfile.mkdtemp(dir=work)) / "out"
-    out.mkdir()
-    datasets = {}
-    for role, path in (("calibration", calib), ("eval", evald)):
-        summary = inspect_dataset(str(path), "npz", "samples", None)
-        label = summary.label.name if summary.label else None
-        datasets[role] = {
-            "path": str(path),
-            "format": "npz",
-            "label": label,
-            "summary": summary.model_dump(mode="json"),
-        }
-    inputs = {
-        "model_path": str(model),
-        "model_info": check_and_inspect(str(model)).model_dump(mode="json"),
-        "datasets": datasets,
-        "out_dir": str(out),
-        "max_threads": 2,
-    }
     full = {"batch_sizes": [1, 32], "threads": [1, 2], "runs": runs, "warmup_runs": 3, "trial_runs": runs, **params}
     started = time.perf_counter()
-    report = run_in_child("quantize", inputs, full)["report"]
+    report = common.job("quantize", model, {"calibration": calib, "eval": evald}, full, work, threads=2)["report"]
     wall = time.perf_counter() - started
     c = report["comparison"]
     speed = {f"b{p['batch_size']}/t{p['threads']}": round(p["speedup_p50"], 2) for p in c["latency_ms"]}

@@ -1,0 +1,20 @@
+"""What every bench script shares: run a job kind on files the way a worker does (engine.run_in_child, the
+sandboxed entry point), with inputs built by engine.local from the files."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.jobs import run_in_child
+from engine.local import local_inputs
+
+
+def job(
+    kind: str, model: Path, datasets: dict[str, Path], params: dict[str, Any], work: Path, threads: int = 1
+) -> dict:
+    """{"report", "artifacts", "out_dir"}: the job's output, and the folder its files are in."""
+    out = Path(tempfile.mkdtemp(dir=work)) / "out"
+    inputs = local_inputs(model, out, datasets, max_threads=threads).model_dump(mode="json")
+    return {**run_in_child(kind, inputs, params), "out_dir": out}
