@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.jobs import run_in_child
+from engine.jobs import get_kind, run_in_child
 from engine.local import local_inputs
 
 
@@ -16,5 +16,6 @@ def job(
 ) -> dict:
     """{"report", "artifacts", "out_dir"}: the job's output, and the folder its files are in."""
     out = Path(tempfile.mkdtemp(dir=work)) / "out"
-    inputs = local_inputs(model, out, datasets, max_threads=threads).model_dump(mode="json")
+    # eval resolved from test / validation as the service does
+    inputs = local_inputs(model, out, datasets, max_threads=threads, kind=get_kind(kind)).model_dump(mode="json")
     return {**run_in_child(kind, inputs, params), "out_dir": out}

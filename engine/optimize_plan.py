@@ -378,7 +378,7 @@ def choose(original: Trial, trials: list[Trial], params: OptimizeParams) -> Choi
     words = ", ".join(k for k, v in (closest.meets or {}).items() if not v)
     warning = (
         f"no trial meets every constraint; the closest is {closest.name} (misses: {words}). "
-        "It is reported as goal_met: false" + ("" if closest is original else " and registered so it can be inspected")
+        "It is reported as goal_met: false" + ("" if closest is original else " and handed back so it can be inspected")
     )
     return Choice(None if closest is original else closest, False, [warning])
 

@@ -115,6 +115,8 @@ def _remote(model: str, datasets: dict[str, str], params: dict[str, Any], server
 
 
 def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: Path, as_json: bool) -> None:
+    import logging
+
     from pydantic import ValidationError
     from rich.progress import Progress
 
@@ -123,6 +125,8 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
     from engine.local import local_inputs
     from engine.render import render_report
 
+    # ONNX Runtime's quantizer logs advice on the root logger for every configuration it tries
+    logging.getLogger().setLevel(logging.ERROR)
     kind = get_kind("optimize")
     (out / "optimized.onnx").unlink(missing_ok=True)  # a previous run's
     try:

@@ -149,6 +149,16 @@ def job_body(
     }
 
 
+def _base_url(given: str | None) -> str:
+    return (given or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")).rstrip("/")
+
+
+def _connection(base_url: str, api_key: str | None) -> dict[str, Any]:
+    """httpx client arguments; the key defaults to ONNXSMITH_API_KEY."""
+    key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
+    return {"base_url": base_url, "headers": {"Authorization": f"Bearer {key}"}}
+
+
 def _backoff(attempt: int, base: float) -> float:
     return min(base * 2**attempt, 30.0)
 
@@ -270,15 +280,8 @@ class Client:
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        base_url = base_url or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")
-        api_key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
-        self.base_url, self.retries, self.backoff = base_url.rstrip("/"), retries, backoff
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        self.base_url, self.retries, self.backoff = _base_url(base_url), retries, backoff
+        self._http = httpx.Client(timeout=timeout, transport=transport, **_connection(self.base_url, api_key))
 
     def __enter__(self) -> Client:
         return self
@@ -486,15 +489,8 @@ class AsyncClient:
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        base_url = base_url or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")
-        api_key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
-        self.base_url, self.retries, self.backoff = base_url.rstrip("/"), retries, backoff
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        self.base_url, self.retries, self.backoff = _base_url(base_url), retries, backoff
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, **_connection(self.base_url, api_key))
 
     async def __aenter__(self) -> AsyncClient:
         return self
