@@ -16,6 +16,7 @@ from onnxsmith.client import (
     ServiceUnavailable,
     Unauthorized,
 )
+from onnxsmith.types import OptimizeParams
 
 __all__ = [
     "AsyncClient",
@@ -27,6 +28,7 @@ __all__ = [
     "Job",
     "JobFailed",
     "NotFound",
+    "OptimizeParams",
     "OnnxsmithError",
     "ProblemError",
     "ServerError",

@@ -25,7 +25,7 @@ console = Console()
 err = Console(stderr=True)
 models_app = typer.Typer(help="Models: upload, list, show.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets: upload, list, show.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Jobs: submit, list, show, wait, cancel, report.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: kinds, submit, list, show, wait, cancel, report.", no_args_is_help=True)
 
 SERVER = typer.Option(None, "--server", envvar="ONNXSMITH_URL", help="Base URL (default http://127.0.0.1:8000)")
 API_KEY = typer.Option(None, "--api-key", envvar="ONNXSMITH_API_KEY", help="API key", show_default=False)
@@ -192,6 +192,18 @@ def jobs_submit(
         if wait:
             job.wait()
     emit(job.state, as_json, _table("job", JOB_COLUMNS, [_job_row(job)]))
+
+
+@jobs_app.command("kinds")
+def jobs_kinds(server: str | None = SERVER, api_key: str | None = API_KEY, as_json: bool = JSON) -> None:
+    """The job kinds: datasets they read, their queue, and whether a live worker can run them."""
+    with remote(server, api_key) as c:
+        kinds = c.list_kinds()
+    runnable = {True: "yes", False: "no", None: "no live worker"}
+    rows = [[k.name, ", ".join(k.dataset_roles), ", ".join(k.required_roles), k.queue, ", ".join(k.needs),
+             runnable[k.runnable]] for k in kinds]  # fmt: skip
+    emit([k.model_dump(mode="json") for k in kinds], as_json,
+         _table("job kinds", ["kind", "datasets", "required", "queue", "needs", "runnable"], rows))  # fmt: skip
 
 
 @jobs_app.command("list")

@@ -36,7 +36,9 @@ from onnxsmith.types import (
     Artifact,
     Dataset,
     JobState,
+    Kind,
     Model,
+    OptimizeParams,
     Report,
 )
 
@@ -412,13 +414,19 @@ class Client:
         validation: str | BaseModel | None = None,
         test: str | BaseModel | None = None,
         calibration: str | BaseModel | None = None,
-        **params: Any,
+        params: OptimizeParams | None = None,
+        **kwargs: Any,
     ) -> Job:
-        """`submit("optimize", ...)` with the datasets by role and the params as keywords
-        (max_accuracy_drop=0.01, objective="latency", max_latency_ms=..., methods=[...], ...)."""
+        """`submit("optimize", ...)` with the datasets by role and typed params: `params=OptimizeParams(...)`, or
+        the same fields as keywords (max_accuracy_drop=0.01, objective="size", ...), checked here before sending."""
+        typed = params or OptimizeParams(**kwargs)
         roles = {"train": train, "validation": validation, "test": test, "calibration": calibration}
         datasets = {r: d for r, d in roles.items() if d is not None}
-        return self.submit("optimize", model, datasets=datasets, params=params)
+        return self.submit("optimize", model, datasets=datasets, params=typed)
+
+    def list_kinds(self) -> list[Kind]:
+        """Every job kind with its datasets, params schema and whether a live worker can run it."""
+        return [Kind.model_validate(k) for k in self._json("GET", "/v1/kinds")]
 
     def get_job(self, job: str | BaseModel) -> Job:
         return Job(self, JobState.model_validate(self._json("GET", f"/v1/jobs/{_id(job)}")))

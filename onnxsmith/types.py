@@ -4,9 +4,9 @@ service or the engine. Unknown fields are kept (extra="allow"), so a newer serve
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Open(BaseModel):
@@ -60,6 +60,45 @@ class Artifact(_Open):
     media_type: str
     sha256: str
     size_bytes: int
+
+
+class Kind(_Open):
+    """GET /v1/kinds: a job kind, its datasets and params schema, and whether a live worker can run it."""
+
+    name: str
+    description: str
+    queue: str
+    dataset_roles: list[str]
+    required_roles: list[str]
+    needs: list[str]
+    runnable: bool | None
+    params_schema: dict[str, Any]
+
+
+# -- params ----------------------------------------------------------------------------------------------------
+class OptimizeParams(BaseModel):
+    """Typed params of the `optimize` kind (the server's schema: GET /v1/kinds). Only the fields you set are sent;
+    the server fills in its defaults, shown here for reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
+    drop_mode: Literal["relative", "absolute"] = "relative"
+    min_output_cosine: float = Field(default=0.99, ge=-1, le=1)
+    objective: Literal["latency", "size"] = "latency"
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_size_bytes: int | None = Field(default=None, gt=0)
+    methods: list[Literal["simplify", "quantize", "prune", "distill"]] = ["simplify", "quantize", "prune", "distill"]
+    ratios: list[float] = [0.3, 0.5]
+    quantize_modes: list[Literal["static", "dynamic", "fp16"]] = ["static", "dynamic", "fp16"]
+    distill_epochs: int = Field(default=20, ge=1, le=1000)
+    max_seconds: float = Field(default=1800, gt=0)
+    output: str | None = None
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    threads: int = Field(default=1, ge=1, le=64)
+    runs: int = Field(default=50, ge=5, le=10000)
+    warmup_runs: int = Field(default=5, ge=0, le=1000)
+    eval_max_samples: int | None = Field(default=2000, ge=1)
 
 
 # -- reports ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from service.errors import install_handlers
 from service.health import router as health_router
 from service.jobs import links
 from service.jobs.queue import Enqueuer
+from service.jobs.router import kinds_router
 from service.jobs.router import router as jobs_router
 from service.model_files.router import router as models_router
 from service.settings import Settings, get_settings
@@ -81,5 +82,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(kinds_router)
     app.include_router(artifacts_router)
     return app

@@ -16,6 +16,17 @@ INSTALL_HINTS = {
 }
 
 
+def capable(*, db: Session, queue: str, needs: set[str], ttl_s: float) -> tuple[bool | None, list[str], int]:
+    """(can a live worker on `queue` run a job needing `needs`, what the live workers lack, how many are live).
+    None when no worker on the queue is live: the service cannot tell."""
+    live = [w for w in repo.seen_since(db, utcnow() - timedelta(seconds=ttl_s)) if queue in w.queues]
+    if not live:
+        return None, [], 0
+    if any(needs <= set(w.capabilities) for w in live):
+        return True, [], len(live)
+    return False, sorted(needs - set.intersection(*(set(w.capabilities) for w in live))), len(live)
+
+
 def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s: float) -> None:
     """422 missing-dependency when live workers serve `queue` and none of them has every capability in `needs`.
 
@@ -23,16 +34,15 @@ def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s:
     and, if the worker that takes it lacks the dependency, fails with the `missing_dependency` code."""
     if not needs:
         return
-    live = [w for w in repo.seen_since(db, utcnow() - timedelta(seconds=ttl_s)) if queue in w.queues]
-    if not live or any(needs <= set(w.capabilities) for w in live):
+    able, missing, live = capable(db=db, queue=queue, needs=needs, ttl_s=ttl_s)
+    if able is not False:
         return
-    missing = sorted(needs - set.intersection(*(set(w.capabilities) for w in live)))
     hints = "; ".join(INSTALL_HINTS.get(m, m) for m in missing)
     raise AppError(
         422,
         "missing-dependency",
-        f"no running worker on queue {queue!r} can run a {kind!r} job: {len(live)} live worker(s), none with "
+        f"no running worker on queue {queue!r} can run a {kind!r} job: {live} live worker(s), none with "
         f"{', '.join(missing)}. Install on the workers: {hints}",
         title="Missing dependency",
-        extra={"code": "missing_dependency", "missing": missing, "live_workers": len(live)},
+        extra={"code": "missing_dependency", "missing": missing, "live_workers": live},
     )

@@ -12,11 +12,12 @@ from service.artifacts.schemas import ArtifactOut
 from service.deps import EdgeRoute, OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep, authenticated
 from service.errors import AppError
 from service.jobs import links, service
-from service.jobs.schemas import JobCreate, JobOut
+from service.jobs.schemas import JobCreate, JobOut, KindOut
 from service.jobs.tables import STATUSES, Job
 from service.pagination import CursorQuery, LimitQuery, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=EdgeRoute)
+kinds_router = APIRouter(prefix="/v1/kinds", tags=["jobs"], route_class=EdgeRoute)
 log = logging.getLogger("onnxsmith.jobs")
 
 
@@ -164,3 +165,13 @@ def get_report_html(
 def delete_job(job_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> Response:
     service.delete(db=db, store=store, tenant_id=tenant.id, job_id=job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@kinds_router.get(
+    "",
+    response_model=list[KindOut],
+    summary="Job kinds",
+    description="Every kind with its dataset roles, queue, params JSON schema and whether a live worker can run it.",
+)
+def list_kinds(tenant: TenantDep, db: SessionDep, settings: SettingsDep) -> list[KindOut]:
+    return service.kinds(db=db, settings=settings)

@@ -54,3 +54,18 @@ class JobOut(BaseModel):
             out.error = JobErrorOut(code=row.error_code, detail=row.error_detail or "")
         out.report_url = report_url if row.status == "succeeded" else None
         return out
+
+
+class KindOut(BaseModel):
+    """A job kind: what it reads, where it runs, its params' JSON schema and whether a live worker can run it."""
+
+    name: str
+    description: str
+    queue: str = Field(description="default | measure (speed measurements, concurrency 1)")
+    dataset_roles: list[str] = Field(description="Roles it reads (eval falls back to test, then validation)")
+    required_roles: list[str]
+    needs: list[str] = Field(description="Optional worker capabilities it cannot run without, e.g. torch")
+    runnable: bool | None = Field(
+        description="A live worker on its queue has what it needs; null when no worker on the queue is live"
+    )
+    params_schema: dict[str, Any]

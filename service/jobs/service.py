@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +22,7 @@ from service.errors import AppError, not_found
 from service.fleet import service as fleet
 from service.jobs import links
 from service.jobs import repository as repo
-from service.jobs.schemas import ROLES, JobCreate
+from service.jobs.schemas import ROLES, JobCreate, KindOut
 from service.jobs.tables import Job
 from service.model_files import repository as models_repo
 from service.pagination import split_page
@@ -171,6 +172,28 @@ def submit(
     )
     repo.add(db, job)
     return job, True
+
+
+def kinds(*, db: Session, settings: Settings) -> list[KindOut]:
+    out = []
+    for name in kind_names():
+        kind = get_kind(name)
+        needs = kind.needs(kind.params.model_construct())
+        runnable, _, _ = fleet.capable(db=db, queue=kind.queue, needs=needs, ttl_s=settings.presence_ttl_s)
+        doc = (sys.modules[kind.run.__module__].__doc__ or "").strip().split("\n\n")[0]
+        out.append(
+            KindOut(
+                name=name,
+                description=" ".join(doc.split()),
+                queue=kind.queue,
+                dataset_roles=list(kind.roles),
+                required_roles=list(kind.required),
+                needs=sorted(needs),
+                runnable=runnable,
+                params_schema=kind.params.model_json_schema(),
+            )
+        )
+    return out
 
 
 def get(*, db: Session, tenant_id: str, job_id: str) -> Job:

@@ -193,6 +193,9 @@ def test_job_needing_a_capability_no_live_worker_has_is_refused(client, auth, se
         assert problem["type"].endswith("missing-dependency")
         assert problem["missing"] == ["torch"] and problem["live_workers"] == 2
         assert "pip install torch==2.13.0" in problem["detail"]
+        kinds = {k["name"]: k for k in client.get("/v1/kinds", headers=auth).json()}
+        assert kinds["distill"]["needs"] == ["torch"] and kinds["distill"]["runnable"] is False
+        assert kinds["evaluate"]["runnable"] is True  # on "measure", served by a live worker
         # a kind that needs nothing optional is not affected
         evaluate = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
         assert client.post("/v1/jobs", headers=auth, json=evaluate).status_code == 202
@@ -205,3 +208,14 @@ def test_job_needing_a_capability_no_live_worker_has_is_refused(client, auth, se
         assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
     finally:
         arrange()
+
+
+def test_kinds_list_every_kind_with_its_params_schema(client, auth) -> None:
+    assert client.get("/v1/kinds").status_code == 401
+    kinds = {k["name"]: k for k in client.get("/v1/kinds", headers=auth).json()}
+    assert {"evaluate", "benchmark", "compare", "quantize", "diagnose", "prune", "distill", "optimize"} <= set(kinds)
+    opt = kinds["optimize"]
+    assert opt["queue"] == "measure" and opt["required_roles"] == ["eval"] and "train" in opt["dataset_roles"]
+    assert "max_accuracy_drop" in opt["params_schema"]["properties"] and opt["needs"] == []
+    assert kinds["compare"]["params_schema"]["required"] == ["other_model_id"]
+    assert kinds["optimize"]["description"].startswith("The `optimize` job kind")

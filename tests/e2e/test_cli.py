@@ -61,6 +61,8 @@ def test_commands_against_a_server(server, files, tmp_path) -> None:
     r = _run("datasets", "upload", str(files["test"]), "--name", "test", "--json", env=env)
     test_id = json.loads(r.stdout)["id"]
     assert model_id in _run("models", "list", env=env).stdout
+    kinds = {k["name"]: k for k in json.loads(_run("jobs", "kinds", "--json", env=env).stdout)}
+    assert kinds["optimize"]["runnable"] is True and kinds["distill"]["needs"] == ["torch"]
     assert json.loads(_run("datasets", "show", test_id, "--json", env=env).stdout)["summary"]["sample_count"] == 347
 
     r = _run(

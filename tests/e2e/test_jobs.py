@@ -546,3 +546,13 @@ def test_optimize_through_the_api_registers_the_winner(api, worker, tmp_path) ->
         assert r.status_code == 422 and words in r.json()["detail"], r.text
     r = api.post("/v1/jobs", json={"kind": "optimize", "model_id": model_id, "datasets": {"train": ds["train"]}})
     assert r.status_code == 422 and "eval" in r.json()["detail"]
+
+    # cancelled while a trial runs: it stops within seconds and registers nothing
+    job = submit(api, kind="optimize", model_id=model_id, datasets=ds, params={**params, "distill_epochs": 200})
+    deadline = time.monotonic() + 60
+    while "trial 3/" not in api.get(f"/v1/jobs/{job['id']}").json()["stage"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # trial 3 is the first prune + distill
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    worker.wait_for(f"job {job['id']}: cancelled or taken over, stopping", timeout=10)
+    assert wait_job(api, job["id"])["status"] == "cancelled"
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts").json() == []
