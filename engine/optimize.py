@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -43,31 +44,40 @@ log = logging.getLogger("onnxsmith.optimize")
 
 
 class _Runner:
-    """Runs chain steps, each once (a prefix shared by two chains is reused), in per-step folders."""
+    """Runs chain steps, each once (a prefix shared by two chains is reused), in per-step folders under `root`."""
 
-    def __init__(self, inputs: JobInputs, params: OptimizeParams, started: float) -> None:
-        self.inputs, self.params, self.started = inputs, params, started
+    def __init__(self, inputs: JobInputs, params: OptimizeParams, started: float, root: Path) -> None:
+        self.inputs, self.params, self.started, self.root = inputs, params, started, root
         self.done: dict[tuple[str, ...], tuple[Path, dict[str, Any]] | EngineError] = {}
-        self.root = Path(inputs.out_dir) / "scratch" / "trials"
         self.summaries_so_far: list[dict[str, Any]] = []
 
     def left(self) -> float:
         return self.params.max_seconds - (time.monotonic() - self.started)
 
-    def model(self, chain: tuple[Step, ...], progress: Progress) -> tuple[Path, list[dict[str, Any]]]:
-        """The model at the end of `chain` and the summaries of its steps; raises the first failed step's error."""
+    def model(self, chain: list[Step], progress: Progress) -> tuple[Path, list[dict[str, Any]]]:
+        """The model at the end of `chain` and the summaries of its steps; raises the first failed step's error.
+        A step's failure is remembered like its success, so chains sharing it do not run it again."""
         path, summaries = Path(self.inputs.model_path), []
-        for i in range(len(chain)):
+        for i, step in enumerate(chain):
             key = tuple(s.key for s in chain[: i + 1])
             if key not in self.done:
                 self.summaries_so_far = list(summaries)
+
+                def part(f: float, stage: str, i: int = i, label: str = step.label) -> None:
+                    progress((i + f) / len(chain), f"{label}: {stage}")  # this step's share of the trial
+
                 try:
-                    self.done[key] = self._run_step(chain[i], path, len(self.done), progress)
+                    if self.left() <= 0:
+                        raise EngineError("over_budget", "the time budget was used up before this step")
+                    self.done[key] = self._run_step(step, path, len(self.done), part)
                 except EngineError as exc:
                     self.done[key] = exc
+                except Exception as exc:  # a bug in one step: reported with the trials that need it, logged
+                    log.error("optimize step %s failed:\n%s", step.label, traceback.format_exc())
+                    self.done[key] = EngineError("internal", f"{type(exc).__name__}: {exc}")
             result = self.done[key]
             if isinstance(result, EngineError):
-                raise EngineError(result.code, f"step {chain[i].label}: {result.detail}")
+                raise EngineError(result.code, f"step {step.label}: {result.detail}")
             path, summary = result
             summaries.append(summary)
         return path, summaries
@@ -105,19 +115,23 @@ def _same_bytes(a: Path | None, b: Path) -> bool:
     return a is not None and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _diagnose(inputs: JobInputs, warnings: list[str], progress: Progress) -> dict[str, Any] | None:
+def _diagnose(inputs: JobInputs, scratch: Path, warnings: list[str], progress: Progress) -> dict[str, Any] | None:
     from engine.diagnose import DiagnoseParams
     from engine.diagnose import run as diagnose
 
     if not {"train", "validation"} <= set(inputs.datasets):
         warnings.append("no fit diagnosis: it needs labeled train and validation datasets")
         return None
-    sub = inputs.model_copy(update={"out_dir": str(Path(inputs.out_dir) / "scratch" / "diagnose")})
+    sub = inputs.model_copy(update={"out_dir": str(scratch / "diagnose")})
     Path(sub.out_dir).mkdir(parents=True, exist_ok=True)
     try:
         report, _ = diagnose(sub, DiagnoseParams(), progress)
     except EngineError as exc:
         warnings.append(f"no fit diagnosis: {exc.detail}")
+        return None
+    except Exception as exc:  # the diagnosis is context for the trials, not a reason to fail the job
+        log.error("optimize: diagnosis failed:\n%s", traceback.format_exc())
+        warnings.append(f"no fit diagnosis: it failed ({type(exc).__name__}: {exc})")
         return None
     r = report.model_dump(mode="json")
     fit = {
@@ -136,18 +150,29 @@ def _diagnose(inputs: JobInputs, warnings: list[str], progress: Progress) -> dic
 
 
 def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[OptimizeReport, list[ArtifactOut]]:
+    # intermediate models go to a private folder removed whatever happens (out_dir may be a user's folder: --local)
+    scratch = Path(tempfile.mkdtemp(prefix="optimize-scratch-", dir=inputs.out_dir))
+    try:
+        return _run(inputs, params, progress, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(
+    inputs: JobInputs, params: OptimizeParams, progress: Progress, scratch: Path
+) -> tuple[OptimizeReport, list[ArtifactOut]]:
     started = time.monotonic()
     machine = machine_info()
     warnings: list[str] = []
     info = inputs.model_info
     progress(0.0, "diagnosing the original's fit")
-    fit = _diagnose(inputs, warnings, lambda f, s: progress(0.1 * f, f"diagnose: {s}"))
+    fit = _diagnose(inputs, scratch, warnings, lambda f, s: progress(0.1 * f, f"diagnose: {s}"))
 
     forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
     evaluation = eval_data(inputs, params.eval_max_samples, forced or 64, warnings)
     labeled = evaluation[1] is not None
     trials, skipped = plan(inputs, params, has_torch="torch" in capabilities(), labeled=labeled)
-    runner = _Runner(inputs, params, started)
+    runner = _Runner(inputs, params, started, scratch / "trials")
     measure = SimpleNamespace(
         output=params.output,
         batch_sizes=[params.batch_size],
@@ -164,12 +189,11 @@ def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[
         ) -> None:
             progress(lo + (hi - lo) * f, f"trial {name}: {stage}")
 
-        if runner.left() <= 0:
-            trial.status, trial.error = "skipped", {"code": "over_budget", "detail": "the time budget was used up"}
-            continue
         t0 = time.monotonic()
         try:
             path, trial.steps = runner.model(trial.chain, lambda f, s: sub(0.8 * f, s))
+            if runner.left() <= 0:
+                raise EngineError("over_budget", "the time budget was used up before this trial was measured")
             comparison = compare_with_params(
                 Path(inputs.model_path), path, inputs, evaluation, measure, lambda f, s: sub(0.8 + 0.2 * f, s)
             )
@@ -187,41 +211,50 @@ def run(inputs: JobInputs, params: OptimizeParams, progress: Progress) -> tuple[
     mark_pareto([original, *trials])
     choice = choose(original, trials, params)
     warnings.extend(choice.warnings)
-    artifacts: list[ArtifactOut] = []
-    recommended_model = None
     if choice.trial is not None and _same_bytes(choice.trial.model_path, Path(inputs.model_path)):
         warnings.append(
             f"the best trial ({choice.trial.name}) left the model byte for byte unchanged: keep the original"
         )
         choice.trial = None
+    artifacts: list[ArtifactOut] = []
+    handed_back = None
     if choice.trial is not None and choice.trial.model_path is not None:
-        dst = Path(inputs.out_dir) / "optimized.onnx"
+        # a model that meets the goal is "optimized"; the closest one when nothing does is "closest", never a win
+        role = "optimized" if choice.goal_met else "closest"
+        dst = Path(inputs.out_dir) / f"{role}.onnx"
         shutil.copyfile(choice.trial.model_path, dst)
         out_info: ModelInfo = check_and_inspect(str(dst))
-        recommended_model = {"filename": dst.name, "size_bytes": dst.stat().st_size}
+        handed_back = {"filename": dst.name, "size_bytes": dst.stat().st_size, "meets_goal": choice.goal_met}
         artifacts.append(
             ArtifactOut(
                 role="model",
                 filename=dst.name,
                 media_type="application/octet-stream",
-                register_as_model="optimized",
+                register_as_model=role,
                 model_info=out_info.model_dump(mode="json"),
             )
         )
-    shutil.rmtree(runner.root.parent, ignore_errors=True)
+    winner = choice.trial if choice.goal_met else None
+    closest = None if choice.goal_met else choice.trial
+    timed = next((t.comparison for t in [choice.trial, *trials] if t is not None and t.comparison), None)
+    goal = params.goal()
+    if timed is not None:  # what the timings really used (a fixed-batch model is timed at its own batch)
+        first = timed.latency_ms[0]
+        goal["latency_at"] = {"batch_size": first.batch_size, "threads": first.threads}
     machine.load_average_1m_after = load_average()
     report = OptimizeReport(
         warnings=warnings,
         machine=machine,
-        goal=params.goal(),
+        goal=goal,
         goal_met=choice.goal_met,
         fit=fit,
         original=original,
         trials=trials,
         skipped=skipped,
-        recommended=choice.trial.index if choice.trial else 0,
-        recommended_chain=[s.label for s in choice.trial.chain] if choice.trial else [],
-        recommended_model=recommended_model,
+        recommended=winner.index if winner else 0,
+        recommended_chain=[s.label for s in winner.chain] if winner else [],
+        closest=closest.index if closest else None,
+        recommended_model=handed_back,
         comparison=choice.trial.comparison if choice.trial else None,
         seconds=round(time.monotonic() - started, 3),
         config=params.model_dump(mode="json"),

@@ -132,7 +132,8 @@ class Trial(BaseModel):
     def measure(self, c: Comparison, info: ModelInfo, params: OptimizeParams, path: Path) -> None:
         pair = c.latency_ms[0]
         primary = c.metrics[c.primary_metric] if c.metrics and c.primary_metric else None
-        fid = next((f for f in c.fidelity if f.output == (params.output or f.output)), c.fidelity[0])
+        predicted = pick_output(info, params.output)  # the prediction output, as every kind picks it
+        fid = next((f for f in c.fidelity if f.output == predicted), c.fidelity[0])
         self.status, self.comparison, self.model_path = "measured", c, path
         self.metric = primary.candidate if primary else None
         self.drop = c.drop
@@ -140,10 +141,11 @@ class Trial(BaseModel):
         self.latency_ms, self.speedup = pair.candidate_ms.p50, pair.speedup_p50
         self.size_bytes, self.size_ratio = c.size_bytes.candidate, c.size_bytes.ratio
         self.parameters, self.macs_per_sample = info.parameter_count, info.macs_per_sample
-        if self.drop is not None:
+        if self.drop:
             accurate = self.drop[params.drop_mode] <= params.max_accuracy_drop + 1e-12
         else:
             accurate = fid.cosine >= params.min_output_cosine
+        accurate = accurate and all(f.non_finite_values == 0 for f in c.fidelity)  # inf/NaN is never accurate
         self.meets = _targets(self, params) | {"accuracy": accurate}
 
     @classmethod
@@ -163,9 +165,11 @@ class Trial(BaseModel):
 
 
 def _targets(t: Trial, params: OptimizeParams) -> dict[str, bool]:
+    """A target is met only when it was measured and within its limit (an unmeasured latency meets nothing)."""
     return {
-        "latency": params.max_latency_ms is None or (t.latency_ms or 0) <= params.max_latency_ms,
-        "size": params.max_size_bytes is None or (t.size_bytes or 0) <= params.max_size_bytes,
+        "latency": params.max_latency_ms is None
+        or (t.latency_ms is not None and t.latency_ms <= params.max_latency_ms),
+        "size": params.max_size_bytes is None or (t.size_bytes is not None and t.size_bytes <= params.max_size_bytes),
     }
 
 
@@ -177,10 +181,18 @@ class OptimizeReport(ReportBase):
     original: Trial
     trials: list[Trial]
     skipped: list[str] = Field(description="Methods not tried, and why")
-    recommended: int = Field(description="Index of the recommended trial; 0 = keep the original")
+    recommended: int = Field(
+        description="Index of the recommended trial, which meets the goal; 0 = keep the original, or nothing meets it"
+    )
     recommended_chain: list[str]
-    recommended_model: dict[str, Any] | None = Field(description="The file registered as a model, if not the original")
-    comparison: Comparison | None = Field(description="The full comparison block of the recommended trial")
+    closest: int | None = Field(
+        default=None, description="When nothing meets the goal: the trial closest to it (handed back as 'closest')"
+    )
+    recommended_model: dict[str, Any] | None = Field(
+        description="The file handed back and registered as a model (<model>-optimized, or <model>-closest when the "
+        "goal is not met); null when the original is kept"
+    )
+    comparison: Comparison | None = Field(description="The full comparison block of the trial handed back")
     seconds: float
     config: dict[str, Any]
 
@@ -384,13 +396,15 @@ def choose(original: Trial, trials: list[Trial], params: OptimizeParams) -> Choi
 
 
 def _best(ok: list[Trial], params: OptimizeParams) -> Trial:
+    """Best objective; within its noise margin, the better metric, then the other axis; on a full tie the
+    original (index 0) wins, so a trial that changes nothing measurable is never recommended over it."""
     if params.objective == "latency":
         fastest = max(t.speedup or 0 for t in ok)
         near = [t for t in ok if (t.speedup or 0) * LATENCY_TIE >= fastest]
-        return max(near, key=lambda t: (_score(t), -(t.size_bytes or 0)))
+        return max(near, key=lambda t: (_score(t), -(t.size_bytes or 0), t.index == 0))
     smallest = min(t.size_bytes or 0 for t in ok)
     near = [t for t in ok if (t.size_bytes or 0) <= smallest * SIZE_TIE]
-    return max(near, key=lambda t: (_score(t), t.speedup or 0))
+    return max(near, key=lambda t: (_score(t), t.speedup or 0, t.index == 0))
 
 
 def _shortfall(t: Trial, params: OptimizeParams) -> float:

@@ -395,7 +395,7 @@ def optimize_charts(report: dict[str, Any]) -> dict[str, Markup]:
                 "y": r[metric],
                 "label": f"{r['index']}: {r['name']}",
                 "front": r.get("pareto"),
-                "chosen": r["index"] == report.get("recommended"),
+                "chosen": r["index"] == (report.get("recommended") or report.get("closest")),
             }
             for r in rows
             if x(r) is not None and r.get(metric) is not None

@@ -12,9 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from onnxsmith.cli_remote import API_KEY, EXIT_GOAL_NOT_MET, EXIT_REFUSED, JSON, SERVER, console, err, remote
+from onnxsmith.cli_remote import (
+    API_KEY,
+    EXIT_GOAL_NOT_MET,
+    EXIT_JOB_FAILED,
+    EXIT_REFUSED,
+    JSON,
+    SERVER,
+    console,
+    err,
+    remote,
+)
 
 
 def _drop(text: str) -> float:
@@ -28,16 +40,27 @@ def _drop(text: str) -> float:
     return value
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(r) for r in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--ratios takes comma-separated fractions (0.3,0.5), not {text!r}") from None
+
+
 def _summary(report: dict[str, Any]) -> Table:
     t = Table(title=f"optimize: goal {'met' if report['goal_met'] else 'NOT met'} in {report['seconds']:.0f} s")
     for c in ("#", "chain", "status", "metric", "drop", "speed-up", "size", "front"):
         t.add_column(c)
     mode = report["goal"]["drop_mode"]
     for r in [report["original"], *report["trials"]]:
-        mark = " ← recommended" if r["index"] == report["recommended"] else ""
+        mark = ""
+        if r["index"] == report["recommended"]:
+            mark = " ← recommended" if r["index"] else (" ← keep it" if report["goal_met"] else "")
+        elif r["index"] == report.get("closest"):
+            mark = " ← closest (goal not met)"
         status = r["status"] + (f" ({r['error']['code']})" if r.get("error") else "")
         t.add_row(
-            str(r["index"]), r["name"] + mark, status,
+            str(r["index"]), Text(r["name"] + mark), Text(status),
             "" if r.get("metric") is None else f"{r['metric']:.4f}",
             "" if not r.get("drop") else f"{r['drop'][mode]:+.4f}",
             "" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
@@ -52,10 +75,13 @@ def _finish(report: dict[str, Any], as_json: bool, where: str) -> None:
         print(json.dumps(report, indent=2))
     else:
         if report.get("fit"):
-            console.print(f"fit of the original: [bold]{report['fit']['verdict']}[/bold] — {report['fit']['summary']}")
+            fit = report["fit"]
+            console.print(f"fit of the original: [bold]{fit['verdict']}[/bold] — {escape(fit['summary'])}")
         console.print(_summary(report))
+        for s in report.get("skipped", []):
+            err.print(f"not tried: {escape(s)}")
         for w in report.get("warnings", []):
-            err.print(f"[yellow]warning:[/yellow] {w}")
+            err.print(f"[yellow]warning:[/yellow] {escape(w)}")
         console.print(where)
     if not report["goal_met"]:
         raise typer.Exit(EXIT_GOAL_NOT_MET)
@@ -92,7 +118,7 @@ def optimize(
         "max_size_bytes": max_size,
         "max_seconds": max_seconds,
         "methods": methods.split(",") if methods else None,
-        "ratios": [float(r) for r in ratios.split(",")] if ratios else None,
+        "ratios": _floats(ratios) if ratios else None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
     datasets = {"train": train, "validation": val, "test": test, "calibration": calibration}
@@ -111,7 +137,9 @@ def _remote(model: str, datasets: dict[str, str], params: dict[str, Any], server
         err.print(f"job {job.id} queued")
         job.wait()
         report = job.report().model_dump(mode="json")
-    _finish(report, as_json, f"job {job.id}; recommended model: {report.get('output_model_id') or 'the original'}")
+    made = report.get("output_model_id")
+    what = "recommended model" if report["goal_met"] else "closest model (goal not met)"
+    _finish(report, as_json, f"job {job.id}; {what}: {made or 'the original (nothing registered)'}")
 
 
 def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: Path, as_json: bool) -> None:
@@ -128,22 +156,26 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
     # ONNX Runtime's quantizer logs advice on the root logger for every configuration it tries
     logging.getLogger().setLevel(logging.ERROR)
     kind = get_kind("optimize")
-    (out / "optimized.onnx").unlink(missing_ok=True)  # a previous run's
-    try:
+    for stale in ("optimized.onnx", "closest.onnx"):  # a previous run's
+        (out / stale).unlink(missing_ok=True)
+    try:  # the request: refused as the service would refuse it (exit 4)
         parsed = kind.params.model_validate(params)
         inputs = local_inputs(model, out, {r: Path(p) for r, p in datasets.items()}, kind=kind)
         kind.validate(inputs.model_info, {r: d.summary for r, d in inputs.datasets.items()}, parsed)
+    except (EngineError, ValidationError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {escape(exc.detail if isinstance(exc, EngineError) else str(exc))}")
+        raise typer.Exit(EXIT_REFUSED) from None
+    try:  # the run: fails as a job fails (exit 5)
         with Progress(console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task("optimize", total=1.0)
             report, _ = kind.run(inputs, parsed, lambda f, s: bar.update(task, completed=f, description=s[:70]))
-    except (EngineError, ValidationError, ValueError, OSError) as exc:
-        detail = exc.detail if isinstance(exc, EngineError) else str(exc)
-        err.print(f"[red]error:[/red] {detail}")
-        raise typer.Exit(EXIT_REFUSED) from None
+    except EngineError as exc:
+        err.print(f"[red]optimize failed:[/red] {escape(f'{exc.code}: {exc.detail}')}")
+        raise typer.Exit(EXIT_JOB_FAILED) from None
     data = report.model_dump(mode="json")
     (out / "report.json").write_text(json.dumps(data, indent=2))
     job = {"id": "local", "kind": "optimize", "status": "succeeded", "model_id": model.name}
     (out / "report.html").write_text(render_report(data, job))
-    made = out / "optimized.onnx"
-    where = f"written to {out}/: " + ("optimized.onnx, " if made.exists() else "") + "report.json, report.html"
+    model = (data.get("recommended_model") or {}).get("filename")
+    where = f"written to {out}/: " + (f"{model}, " if model else "") + "report.json, report.html"
     _finish(data, as_json, where)

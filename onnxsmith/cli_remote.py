@@ -1,8 +1,9 @@
 """`onnxsmith models|datasets|jobs ...`: the REST API from the shell, through the SDK.
 
 Every command takes `--server` (or ONNXSMITH_URL), `--api-key` (or ONNXSMITH_API_KEY) and `--json` (machine
-output on stdout). Exit codes: 0 done; 3 the server cannot be reached; 4 the service refused the request (its
-problem's type and detail are printed); 5 the job failed or was cancelled; 6 optimize ended with goal_met false.
+output on stdout). Exit codes: 0 done; 2 bad command line; 3 the server cannot be reached; 4 the service refused
+the request (4xx: its problem's type and detail are printed); 5 the job failed or was cancelled; 6 optimize ended
+with goal_met false; 7 the service failed (5xx, after the retries).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from onnxsmith.client import Client, ConnectionFailed, JobFailed, ProblemError
 
-EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_JOB_FAILED, EXIT_GOAL_NOT_MET = 3, 4, 5, 6
+EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_JOB_FAILED, EXIT_GOAL_NOT_MET, EXIT_SERVER_ERROR = 3, 4, 5, 6, 7
 
 console = Console()
 err = Console(stderr=True)
@@ -39,15 +42,15 @@ def remote(server: str | None, api_key: str | None) -> Iterator[Client]:
         with Client(server, api_key, retries=2) as client:
             yield client
     except ConnectionFailed as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREACHABLE) from None
     except ProblemError as exc:
-        err.print(f"[red]error {exc.status} {exc.type}:[/red] {exc.detail}")
+        err.print(f"[red]error {exc.status} {escape(exc.type)}:[/red] {escape(exc.detail)}")
         for e in exc.errors:
-            err.print(f"  {e.get('field')}: {e.get('message')}")
-        raise typer.Exit(EXIT_REFUSED) from None
+            err.print(escape(f"  {e.get('field')}: {e.get('message')}"))
+        raise typer.Exit(EXIT_SERVER_ERROR if exc.status >= 500 else EXIT_REFUSED) from None
     except JobFailed as exc:
-        err.print(f"[red]job {exc.job.id} {exc.job.status}:[/red] {exc.code}: {exc.detail}")
+        err.print(f"[red]job {exc.job.id} {exc.job.status}:[/red] {escape(f'{exc.code}: {exc.detail}')}")
         raise typer.Exit(EXIT_JOB_FAILED) from None
 
 
@@ -65,7 +68,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         # ids are copied into the next command: never wrapped or cut
         t.add_column(c, no_wrap=c == "id", min_width=widest if c == "id" else None)
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*(Text("" if v is None else str(v)) for v in r))  # values are data, never rich markup
     return t
 
 
@@ -185,7 +188,12 @@ def jobs_submit(
     server: str | None = SERVER, api_key: str | None = API_KEY, as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Queue a job (with an Idempotency-Key, so the CLI's retries never make two)."""
-    params = json.loads(params_json) if params_json else {}
+    try:
+        params = json.loads(params_json) if params_json else {}
+    except ValueError as exc:
+        raise typer.BadParameter(f"--params is not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise typer.BadParameter("--params must be a JSON object")
     params.update({k: _value(v) for k, v in _pairs(param, "--param").items()})
     with remote(server, api_key) as c:
         job = c.submit(kind, model, datasets=_pairs(dataset, "--dataset"), params=params)
@@ -199,11 +207,10 @@ def jobs_kinds(server: str | None = SERVER, api_key: str | None = API_KEY, as_js
     """The job kinds: datasets they read, their queue, and whether a live worker can run them."""
     with remote(server, api_key) as c:
         kinds = c.list_kinds()
-    runnable = {True: "yes", False: "no", None: "no live worker"}
     rows = [[k.name, ", ".join(k.dataset_roles), ", ".join(k.required_roles), k.queue, ", ".join(k.needs),
-             runnable[k.runnable]] for k in kinds]  # fmt: skip
+             f"{k.runnable} ({k.live_workers} live)"] for k in kinds]  # fmt: skip
     emit([k.model_dump(mode="json") for k in kinds], as_json,
-         _table("job kinds", ["kind", "datasets", "required", "queue", "needs", "runnable"], rows))  # fmt: skip
+         _table("job kinds", ["kind", "datasets", "required", "queue", "needs", "workers able"], rows))  # fmt: skip
 
 
 @jobs_app.command("list")
@@ -239,7 +246,7 @@ def jobs_wait(
         try:
             job = c.get_job(job_id).wait(timeout=timeout)
         except TimeoutError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
     emit(job.state, as_json, _table("job", JOB_COLUMNS, [_job_row(job)]))
 

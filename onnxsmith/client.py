@@ -161,6 +161,38 @@ def _connection(base_url: str, api_key: str | None) -> dict[str, Any]:
     return {"base_url": base_url, "headers": {"Authorization": f"Bearer {key}"}}
 
 
+# Transport errors worth another attempt: the request may not have arrived, or its answer was lost. Every call the
+# SDK retries is safe to repeat: GETs, uploads (content-addressed), job POSTs (Idempotency-Key), DELETEs (a 404 on
+# a repeat means an earlier attempt did it). Timeouts on a slow answer and malformed URLs are not retried.
+RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+
+
+def _settle(
+    method: str, attempt: int, retries: int, base_url: str, response: httpx.Response | None, exc: Exception | None
+) -> httpx.Response | None:
+    """What one attempt means: the response to hand back, None to try again, or an exception raised."""
+    if exc is not None:
+        if isinstance(exc, RETRYABLE) and attempt < retries:
+            return None
+        tries = f" after {attempt + 1} attempt(s)" if isinstance(exc, RETRYABLE) else ""
+        raise ConnectionFailed(f"cannot reach onnxsmith at {base_url} ({type(exc).__name__}: {exc}){tries}") from exc
+    assert response is not None
+    if response.status_code in RETRY_STATUSES and attempt < retries:
+        return None
+    if method == "DELETE" and attempt > 0 and response.status_code == 404:
+        return response  # an earlier attempt deleted it and its answer was lost
+    if response.status_code >= 400:
+        raise problem_error(response)
+    return response
+
+
 def _backoff(attempt: int, base: float) -> float:
     return min(base * 2**attempt, 30.0)
 
@@ -296,25 +328,21 @@ class Client:
 
     # transport ------------------------------------------------------------------------------------------------
     def _request(self, method: str, url: str, *, files: Any = None, **kw: Any) -> httpx.Response:
-        """One call with retries; `files` is a callable that opens the multipart parts afresh for each attempt."""
+        """One call with retries; `files` is a callable that opens the multipart parts afresh for each attempt
+        (an error opening or reading the local file is raised as it is, never retried)."""
         for attempt in range(self.retries + 1):
+            response = error = None
             try:
                 if files is not None:
                     with files() as parts:
                         response = self._http.request(method, url, files=parts, **kw)
                 else:
                     response = self._http.request(method, url, **kw)
-            except (httpx.TransportError, OSError) as exc:
-                if attempt >= self.retries:
-                    raise ConnectionFailed(
-                        f"cannot reach onnxsmith at {self.base_url} ({type(exc).__name__}: {exc}) "
-                        f"after {attempt + 1} attempt(s)"
-                    ) from exc
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
-                    if response.status_code >= 400:
-                        raise problem_error(response)
-                    return response
+            except httpx.TransportError as exc:
+                error = exc
+            settled = _settle(method, attempt, self.retries, self.base_url, response, error)
+            if settled is not None:
+                return settled
             time.sleep(_backoff(attempt, self.backoff))
         raise AssertionError("unreachable")
 
@@ -453,17 +481,17 @@ class Client:
         return self._download(f"/v1/artifacts/{_id(artifact)}/content", Path(dest), progress)
 
     def _download(self, url: str, dest: Path, progress: bool | None) -> Path:
+        """Streamed to `dest.part`, renamed when complete; the partial file is removed when it fails."""
+        tmp = dest.with_name(dest.name + ".part")
         for attempt in range(self.retries + 1):
             try:
                 with self._http.stream("GET", url) as response:
                     if response.status_code >= 400:
                         response.read()
-                        if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                        if _settle("GET", attempt, self.retries, self.base_url, response, None) is None:
                             time.sleep(_backoff(attempt, self.backoff))
                             continue
-                        raise problem_error(response)
                     total = int(response.headers.get("content-length") or 0) or None
-                    tmp = dest.with_name(dest.name + ".part")
                     with (
                         _bar(f"downloading {dest.name}", total, _show_progress(progress)) as update,
                         open(tmp, "wb") as out,
@@ -474,9 +502,12 @@ class Client:
                     tmp.replace(dest)
                     return dest
             except httpx.TransportError as exc:
-                if attempt >= self.retries:
-                    raise ConnectionFailed(f"cannot reach onnxsmith at {self.base_url} ({exc})") from exc
+                tmp.unlink(missing_ok=True)
+                _settle("GET", attempt, self.retries, self.base_url, None, exc)
                 time.sleep(_backoff(attempt, self.backoff))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
@@ -511,20 +542,21 @@ class AsyncClient:
 
     async def _request(self, method: str, url: str, *, upload: Path | None = None, **kw: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
-            try:
-                if upload is not None:
-                    with open(upload, "rb") as f:
+            response = error = None
+            if upload is not None:
+                with open(upload, "rb") as f:  # a local file error is the caller's, not retried
+                    try:
                         response = await self._http.request(method, url, files={"file": (upload.name, f)}, **kw)
-                else:
-                    response = await self._http.request(method, url, **kw)
-            except (httpx.TransportError, OSError) as exc:
-                if attempt >= self.retries:
-                    raise ConnectionFailed(f"cannot reach onnxsmith at {self.base_url} ({exc})") from exc
+                    except httpx.TransportError as exc:
+                        error = exc
             else:
-                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
-                    if response.status_code >= 400:
-                        raise problem_error(response)
-                    return response
+                try:
+                    response = await self._http.request(method, url, **kw)
+                except httpx.TransportError as exc:
+                    error = exc
+            settled = _settle(method, attempt, self.retries, self.base_url, response, error)
+            if settled is not None:
+                return settled
             await asyncio.sleep(_backoff(attempt, self.backoff))
         raise AssertionError("unreachable")
 
@@ -581,14 +613,22 @@ class AsyncClient:
         return [Artifact.model_validate(a) for a in data]
 
     async def download(self, artifact: str | BaseModel, dest: str | os.PathLike) -> Path:
+        """An artifact's file, streamed to `dest` (via `dest.part`, removed if it fails; not retried)."""
         dest = Path(dest)
-        async with self._http.stream("GET", f"/v1/artifacts/{_id(artifact)}/content") as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise problem_error(response)
-            tmp = dest.with_name(dest.name + ".part")
-            with open(tmp, "wb") as out:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    out.write(chunk)
-            tmp.replace(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            async with self._http.stream("GET", f"/v1/artifacts/{_id(artifact)}/content") as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise problem_error(response)
+                with open(tmp, "wb") as out:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        out.write(chunk)
+                tmp.replace(dest)
+        except httpx.TransportError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConnectionFailed(f"cannot reach onnxsmith at {self.base_url} ({type(exc).__name__}: {exc})") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return dest

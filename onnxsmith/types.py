@@ -71,7 +71,8 @@ class Kind(_Open):
     dataset_roles: list[str]
     required_roles: list[str]
     needs: list[str]
-    runnable: bool | None
+    runnable: str  # all | some | none | unknown (no live worker on its queue)
+    live_workers: int = 0
     params_schema: dict[str, Any]
 
 
@@ -147,12 +148,19 @@ class OptimizeReport(Report):
     skipped: list[str] = []
     recommended: int
     recommended_chain: list[str]
+    closest: int | None = None
     comparison: Comparison | None = None
     seconds: float
 
     @property
     def winner(self) -> Trial:
+        """The recommended trial (it meets the goal), or the original when none beat it or nothing meets the goal."""
         return self.trials[self.recommended - 1] if self.recommended else self.original
+
+    @property
+    def closest_trial(self) -> Trial | None:
+        """When the goal is not met: the trial handed back as the closest to it."""
+        return self.trials[self.closest - 1] if self.closest else None
 
 
 class CompareReport(Report):

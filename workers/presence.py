@@ -32,7 +32,15 @@ def publish(name: str, queues: list[str]) -> None:
         repo.forget_before(db, utcnow() - timedelta(seconds=10 * ctx.settings.presence_ttl_s))
 
 
+_stop = threading.Event()
+_refresher: threading.Thread | None = None
+
+
 def withdraw(name: str) -> None:
+    """At a clean shutdown: stop refreshing first (or the thread could write the row back), then delete it."""
+    _stop.set()
+    if _refresher is not None:
+        _refresher.join(5)
     try:
         with transaction(context()) as db:
             repo.remove(db, name=name)
@@ -41,18 +49,24 @@ def withdraw(name: str) -> None:
 
 
 def start(name: str, queues: list[str]) -> threading.Thread:
-    """Publish now, then refresh in a daemon thread every reconcile interval."""
-    publish(name, queues)
+    """Publish now, then refresh in a daemon thread every reconcile interval. A failed first publish (database
+    briefly down) is logged and retried by the thread: the worker runs jobs either way."""
+    global _refresher
+    _stop.clear()
+
+    def refresh() -> None:
+        try:
+            publish(name, queues)
+        except Exception:
+            log.exception("publishing presence failed; trying again next interval")
+
+    refresh()
     log.info("worker %s on %s with capabilities %s", name, queues, capabilities() or "none")
 
     def loop() -> None:
-        stop = threading.Event()
-        while not stop.wait(context().settings.reconcile_interval_s):
-            try:
-                publish(name, queues)
-            except Exception:
-                log.exception("presence refresh failed; trying again next interval")
+        while not _stop.wait(context().settings.reconcile_interval_s):
+            refresh()
 
-    thread = threading.Thread(target=loop, name="onnxsmith-presence", daemon=True)
-    thread.start()
-    return thread
+    _refresher = threading.Thread(target=loop, name="onnxsmith-presence", daemon=True)
+    _refresher.start()
+    return _refresher

@@ -16,15 +16,19 @@ INSTALL_HINTS = {
 }
 
 
-def capable(*, db: Session, queue: str, needs: set[str], ttl_s: float) -> tuple[bool | None, list[str], int]:
-    """(can a live worker on `queue` run a job needing `needs`, what the live workers lack, how many are live).
-    None when no worker on the queue is live: the service cannot tell."""
+def capable(*, db: Session, queue: str, needs: set[str], ttl_s: float) -> tuple[str, list[str], int]:
+    """Can the live workers on `queue` run a job needing `needs`: "all" of them, "some" (Celery hands a job to any
+    of them, so it may land on one that cannot), "none", or "unknown" (no live worker on the queue).
+    Returns (that, what every live worker lacks, how many are live)."""
     live = [w for w in repo.seen_since(db, utcnow() - timedelta(seconds=ttl_s)) if queue in w.queues]
     if not live:
-        return None, [], 0
-    if any(needs <= set(w.capabilities) for w in live):
-        return True, [], len(live)
-    return False, sorted(needs - set.intersection(*(set(w.capabilities) for w in live))), len(live)
+        return "unknown", [], 0
+    able = [w for w in live if needs <= set(w.capabilities)]
+    if len(able) == len(live):
+        return "all", [], len(live)
+    if able:
+        return "some", [], len(live)
+    return "none", sorted(needs - set.intersection(*(set(w.capabilities) for w in live))), len(live)
 
 
 def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s: float) -> None:
@@ -35,7 +39,7 @@ def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s:
     if not needs:
         return
     able, missing, live = capable(db=db, queue=queue, needs=needs, ttl_s=ttl_s)
-    if able is not False:
+    if able != "none":
         return
     hints = "; ".join(INSTALL_HINTS.get(m, m) for m in missing)
     raise AppError(

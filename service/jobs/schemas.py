@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,7 +65,9 @@ class KindOut(BaseModel):
     dataset_roles: list[str] = Field(description="Roles it reads (eval falls back to test, then validation)")
     required_roles: list[str]
     needs: list[str] = Field(description="Optional worker capabilities it cannot run without, e.g. torch")
-    runnable: bool | None = Field(
-        description="A live worker on its queue has what it needs; null when no worker on the queue is live"
+    runnable: Literal["all", "some", "none", "unknown"] = Field(
+        description="Which live workers on its queue have what it needs: all, some (a job may land on one that "
+        "cannot and fail with missing_dependency), none (submit refuses it), unknown (no live worker)"
     )
+    live_workers: int = Field(description="Workers on its queue seen within the presence TTL")
     params_schema: dict[str, Any]

@@ -98,7 +98,10 @@ def submit(
             title="Invalid request",
         )
     budget = getattr(params, "max_seconds", None)
-    if budget is not None and "max_seconds" in params.model_fields_set and budget >= settings.job_time_limit_s:
+    if budget is not None and "max_seconds" not in params.model_fields_set and budget >= settings.job_time_limit_s:
+        # a default budget above this deployment's job limit: shrink it, leaving time to measure the choice
+        params = params.model_copy(update={"max_seconds": 0.8 * settings.job_time_limit_s})
+    elif budget is not None and budget >= settings.job_time_limit_s:
         raise AppError(
             422,
             "validation-error",
@@ -179,7 +182,7 @@ def kinds(*, db: Session, settings: Settings) -> list[KindOut]:
     for name in kind_names():
         kind = get_kind(name)
         needs = kind.needs(kind.params.model_construct())
-        runnable, _, _ = fleet.capable(db=db, queue=kind.queue, needs=needs, ttl_s=settings.presence_ttl_s)
+        runnable, _, live = fleet.capable(db=db, queue=kind.queue, needs=needs, ttl_s=settings.presence_ttl_s)
         doc = (sys.modules[kind.run.__module__].__doc__ or "").strip().split("\n\n")[0]
         out.append(
             KindOut(
@@ -190,6 +193,7 @@ def kinds(*, db: Session, settings: Settings) -> list[KindOut]:
                 required_roles=list(kind.required),
                 needs=sorted(needs),
                 runnable=runnable,
+                live_workers=live,
                 params_schema=kind.params.model_json_schema(),
             )
         )

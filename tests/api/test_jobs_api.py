@@ -194,8 +194,9 @@ def test_job_needing_a_capability_no_live_worker_has_is_refused(client, auth, se
         assert problem["missing"] == ["torch"] and problem["live_workers"] == 2
         assert "pip install torch==2.13.0" in problem["detail"]
         kinds = {k["name"]: k for k in client.get("/v1/kinds", headers=auth).json()}
-        assert kinds["distill"]["needs"] == ["torch"] and kinds["distill"]["runnable"] is False
-        assert kinds["evaluate"]["runnable"] is True  # on "measure", served by a live worker
+        assert kinds["distill"]["needs"] == ["torch"] and kinds["distill"]["runnable"] == "none"
+        assert kinds["distill"]["live_workers"] == 2
+        assert kinds["evaluate"]["runnable"] == "all"  # on "measure", served by a live worker
         # a kind that needs nothing optional is not affected
         evaluate = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
         assert client.post("/v1/jobs", headers=auth, json=evaluate).status_code == 202
@@ -203,6 +204,11 @@ def test_job_needing_a_capability_no_live_worker_has_is_refused(client, auth, se
         # the no-torch workers went silent long ago and one with torch is live: accepted
         arrange(("w1@a:1", ["default"], [], 3600), ("w3@d:4", ["default"], ["torch"], 0))
         assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
+        # a mixed fleet: accepted, and the kinds list says only some workers can run it
+        arrange(("w1@a:1", ["default"], [], 0), ("w3@d:4", ["default"], ["torch"], 0))
+        assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
+        kinds = {k["name"]: k for k in client.get("/v1/kinds", headers=auth).json()}
+        assert kinds["distill"]["runnable"] == "some" and kinds["benchmark"]["runnable"] == "unknown"
         # nobody live at all: the service cannot tell, the job is accepted (the worker fails it if need be)
         arrange(("w1@a:1", ["default"], [], 3600))
         assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202

@@ -41,15 +41,20 @@ def test_optimize_locally_writes_the_model_and_the_report(files, tmp_path) -> No
     # a size target nothing can meet: the closest is reported, exit code 6
     r = _run(
         "optimize", str(files["model"]), "--val", str(files["validation"]), "--methods", "quantize",
-        "--max-size", "100", "--local", "--out", str(tmp_path / "o2"),
+        "--max-size", "100", "--local", "--out", str(tmp_path / "o2"), env={"COLUMNS": "200"},
     )  # fmt: skip
     assert r.exit_code == 6, r.output
     assert "goal NOT met" in r.stdout and "no trial meets every constraint" in r.stderr
+    assert "closest (goal not met)" in r.stdout  # handed back for inspection, never as a win
+    assert (tmp_path / "o2" / "closest.onnx").exists() and not (tmp_path / "o2" / "optimized.onnx").exists()
+    assert json.loads((tmp_path / "o2" / "report.json").read_text())["recommended"] == 0
 
     r = _run("optimize", str(files["model"]), "--val", str(files["validation"]), "--methods", "shrink", "--local")
     assert r.exit_code == 4 and "methods" in r.stderr
     r = _run("optimize", str(files["model"]), "--val", str(files["validation"]), "--max-drop", "lots", "--local")
     assert r.exit_code == 2 and "--max-drop" in r.output
+    r = _run("optimize", str(files["model"]), "--val", str(files["validation"]), "--ratios", "a,b", "--local")
+    assert r.exit_code == 2 and "--ratios" in r.output
 
 
 def test_commands_against_a_server(server, files, tmp_path) -> None:
@@ -62,7 +67,7 @@ def test_commands_against_a_server(server, files, tmp_path) -> None:
     test_id = json.loads(r.stdout)["id"]
     assert model_id in _run("models", "list", env=env).stdout
     kinds = {k["name"]: k for k in json.loads(_run("jobs", "kinds", "--json", env=env).stdout)}
-    assert kinds["optimize"]["runnable"] is True and kinds["distill"]["needs"] == ["torch"]
+    assert kinds["optimize"]["runnable"] == "all" and kinds["distill"]["needs"] == ["torch"]
     assert json.loads(_run("datasets", "show", test_id, "--json", env=env).stdout)["summary"]["sample_count"] == 347
 
     r = _run(
@@ -87,6 +92,8 @@ def test_commands_against_a_server(server, files, tmp_path) -> None:
     # the service's refusals and failures, as exit codes a script can use
     r = _run("jobs", "submit", "quantize", "--model", model_id, "--param", "mode=sideways", env=env)
     assert r.exit_code == 4 and "validation-error" in r.stderr and "params.mode" in r.stderr
+    r = _run("jobs", "submit", "benchmark", "--model", model_id, "--params", "{runs: 5}", env=env)
+    assert r.exit_code == 2 and "--params" in r.output
     r = _run("models", "show", "mdl_nope", env=env)
     assert r.exit_code == 4 and "not-found" in r.stderr
     r = _run("models", "list", env={**env, "ONNXSMITH_API_KEY": "osk_wrong"})

@@ -82,9 +82,14 @@ def test_a_lost_response_is_retried_and_makes_one_job(server, tmp_path, db) -> N
     url, key = server
     real = httpx.HTTPTransport()
     seen: list[str] = []
+    deleted: list[str] = []
 
     class LoseFirstAnswer(httpx.BaseTransport):
         def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "DELETE" and not deleted:
+                deleted.append(request.url.path)
+                real.handle_request(request).close()  # deleted...
+                raise httpx.RemoteProtocolError("server disconnected")  # ...and the answer lost
             if request.method == "POST" and request.url.path == "/v1/jobs":
                 seen.append(request.headers["Idempotency-Key"])
                 if len(seen) == 1:
@@ -97,6 +102,9 @@ def test_a_lost_response_is_retried_and_makes_one_job(server, tmp_path, db) -> N
     with Client(url, key, transport=LoseFirstAnswer(), backoff=0.01) as c:
         model = c.upload_model(onnx_models.mlp(tmp_path / "m.onnx"))
         job = c.submit("benchmark", model, params={"runs": 5, "batch_sizes": [1]})
+        other = c.upload_model(onnx_models.mlp(tmp_path / "other.onnx", seed=3))
+        c.delete_model(other)  # the retry finds it gone (404): the delete is done, not an error
+        assert deleted == [f"/v1/models/{other.id}"]
     assert len(seen) == 3 and len(set(seen)) == 1  # three attempts, one key
     count = db.scalar(sa.select(sa.func.count()).select_from(Job).where(Job.idempotency_key == seen[0]))
     assert count == 1 and job.id

@@ -47,6 +47,20 @@ def test_the_front_and_the_choice_treat_latency_within_ten_percent_as_a_tie() ->
     assert choice.trial is fast_worse  # the smallest that meets the drop
 
 
+def test_a_trial_that_changes_nothing_measurable_never_beats_the_original() -> None:
+    original, same = _row(0, 0.9, 1.0, 1000), _row(1, 0.9, 0.93, 1000)  # 7% "slower": noise
+    assert choose(original, [same], OptimizeParams()).trial is None  # keep the original
+    smaller = _row(2, 0.9, 0.95, 400)  # same speed within noise, same accuracy, 40% of the size: worth it
+    assert choose(original, [same, smaller], OptimizeParams()).trial is smaller
+
+
+def test_an_unmeasured_latency_meets_no_latency_target() -> None:
+    original = Trial(index=0, name="original", status="planned", size_bytes=1000, speedup=1.0, cosine=1.0)
+    failed = Trial(index=1, name="t1", status="failed")
+    choice = choose(original, [failed], OptimizeParams(max_latency_ms=5))
+    assert not choice.goal_met and choice.trial is None
+
+
 def test_unmeetable_targets_report_the_closest_with_goal_not_met() -> None:
     original, a, b = _row(0, 0.9, 1.0, 1000), _row(1, 0.9, 1.5, 400), _row(2, 0.9, 1.2, 800)
     params = OptimizeParams(max_size_bytes=100)
