@@ -225,3 +225,19 @@ def test_kinds_list_every_kind_with_its_params_schema(client, auth) -> None:
     assert "max_accuracy_drop" in opt["params_schema"]["properties"] and opt["needs"] == []
     assert kinds["compare"]["params_schema"]["required"] == ["other_model_id"]
     assert kinds["optimize"]["description"].startswith("The `optimize` job kind")
+
+
+def test_a_default_budget_above_the_job_limit_is_shrunk_below_it(settings, auth, setup) -> None:
+    """An explicit max_seconds >= the limit is a 422 (test_bad_job_requests); a default one is fitted under it."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    short = settings.model_copy(update={"job_time_limit_s": 600.0})
+    with TestClient(create_app(short), raise_server_exceptions=False) as c:
+        body = {"kind": "optimize", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+        r = c.post("/v1/jobs", headers=auth, json=body)
+        assert r.status_code == 202, r.text
+        assert r.json()["params"]["max_seconds"] == 480  # 0.8 x the limit, room to measure the choice
+        r = c.post("/v1/jobs", headers=auth, json={**body, "params": {"max_seconds": 700}})
+        assert r.status_code == 422 and "job time limit" in r.json()["detail"]

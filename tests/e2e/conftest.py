@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import create_key
+from tests.conftest import create_key, free_port
 
 REDIS = os.environ.get("ONNXSMITH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,12 +141,6 @@ def wait_job(api: TestClient, job_id: str, statuses=("succeeded", "failed", "can
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} still {job['status']} ({job['stage']}) after {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

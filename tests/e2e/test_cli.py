@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from onnxsmith.cli import app
 from tests import digits
-from tests.e2e.conftest import free_port
+from tests.conftest import free_port
 
 runner = CliRunner()
 

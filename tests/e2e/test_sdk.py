@@ -14,7 +14,7 @@ from onnxsmith import AsyncClient, Client, ConnectionFailed, Invalid, JobFailed,
 from onnxsmith.types import OptimizeReport
 from service.jobs.tables import Job
 from tests import digits, onnx_models
-from tests.e2e.conftest import free_port
+from tests.conftest import free_port
 
 
 def test_upload_submit_wait_report_download(server, tmp_path) -> None:
@@ -28,6 +28,12 @@ def test_upload_submit_wait_report_download(server, tmp_path) -> None:
         assert train.summary["sample_count"] == 1100 and train.label == "y" and train.name == "train"
         val = c.upload_dataset((d["x_val"], d["y_val"]), name="val")  # an (x, y) pair
         test = c.upload_dataset(f["test"])  # a file
+        import pandas as pd
+
+        frame = pd.DataFrame(d["x_val"], columns=[f"p{i}" for i in range(64)]).assign(label=d["y_val"])
+        as_frame = c.upload_dataset(frame, name="val-frame")  # a DataFrame, sent as parquet
+        assert as_frame.format == "parquet" and as_frame.label == "label"
+        assert as_frame.summary["sample_count"] == len(d["y_val"])
         job = c.optimize(
             model, train=train, validation=val, test=test, ratios=[0.5], distill_epochs=5, runs=5,
             quantize_modes=["dynamic"], objective="size",
