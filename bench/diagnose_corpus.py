@@ -92,23 +92,9 @@ def train_mlp(split, sizes, epochs, n_train, weight_decay, lr, seed=0):
     for a, b in zip(sizes, sizes[1:], strict=False):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    xt, yt = torch.from_numpy(split["x_train"][:n_train]), torch.from_numpy(split["y_train"][:n_train])
-    xv, yv = torch.from_numpy(split["x_test"]), torch.from_numpy(split["y_test"])
-    gen = torch.Generator().manual_seed(seed)
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    for _ in range(epochs):
-        net.train()
-        for idx in torch.randperm(len(xt), generator=gen).split(32):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            for prefix, x, y in (("", xt, yt), ("val_", xv, yv)):
-                out = net(x)
-                history[f"{prefix}loss"].append(float(torch.nn.functional.cross_entropy(out, y)))
-                history[f"{prefix}accuracy"].append(float((out.argmax(1) == y).float().mean()))
+    validation = (split["x_test"], split["y_test"])
+    x, y = split["x_train"][:n_train], split["y_train"][:n_train]
+    history = models.train(net, x, y, epochs, seed=seed, lr=lr, weight_decay=weight_decay, validation=validation)
     return net, history
 
 

@@ -57,21 +57,43 @@ def digits_split() -> dict[str, np.ndarray]:
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
 
 
-def _train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0):
+def train(
+    net,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    *,
+    seed: int = 0,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, list[float]]:
+    """Adam on cross-entropy, batches of 32 in a seeded order; `net` is trained in place and left in eval mode.
+    With `validation` (x, y): the per-epoch history of train and validation loss and accuracy (Keras names)."""
     import torch
 
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
+    history: dict[str, list[float]] = {}
     for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(xt), generator=gen).split(32):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
+        net.eval()
+        if validation is not None:
+            xv, yv = torch.from_numpy(validation[0]), torch.from_numpy(validation[1])
+            with torch.no_grad():
+                for prefix, xs, ys in (("", xt, yt), ("val_", xv, yv)):
+                    out = net(xs)
+                    loss = float(torch.nn.functional.cross_entropy(out, ys))
+                    history.setdefault(f"{prefix}loss", []).append(loss)
+                    history.setdefault(f"{prefix}accuracy", []).append(float((out.argmax(1) == ys).float().mean()))
     net.eval()
-    return net
+    return history
 
 
 def digits_mlp(path: Path, split: dict[str, np.ndarray]) -> Path:
@@ -86,7 +108,7 @@ def digits_mlp(path: Path, split: dict[str, np.ndarray]) -> Path:
         torch.nn.ReLU(),
         torch.nn.Linear(256, 10),
     )
-    _train(net, split["x_train"], split["y_train"], epochs=20)
+    train(net, split["x_train"], split["y_train"], epochs=20)
     mlp_to_onnx(net, path, "digits_mlp")
     _check_against_torch(path, net, split["x_test"])
     return path
@@ -127,7 +149,8 @@ def digits_cnn(path: Path, split: dict[str, np.ndarray]) -> Path:
             return self.f2(torch.relu(self.f1(x)))
 
     torch.manual_seed(0)
-    net = _train(Net(), split["x_train"], split["y_train"], epochs=15)
+    net = Net()
+    train(net, split["x_train"], split["y_train"], epochs=15)
     p = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     nodes = [
         helper.make_node("Reshape", ["x", "shape"], ["img"], name="to_image"),
