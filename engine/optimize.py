@@ -48,16 +48,17 @@ class _Runner:
 
     def __init__(self, inputs: JobInputs, params: OptimizeParams, started: float, root: Path) -> None:
         self.inputs, self.params, self.started, self.root = inputs, params, started, root
-        self.done: dict[tuple[str, ...], tuple[Path, dict[str, Any]] | EngineError] = {}
+        # chain prefix -> (model file, step summary, its inspection) or the step's error
+        self.done: dict[tuple[str, ...], tuple[Path, dict[str, Any], ModelInfo] | EngineError] = {}
         self.summaries_so_far: list[dict[str, Any]] = []
 
     def left(self) -> float:
         return self.params.max_seconds - (time.monotonic() - self.started)
 
-    def model(self, chain: list[Step], progress: Progress) -> tuple[Path, list[dict[str, Any]]]:
-        """The model at the end of `chain` and the summaries of its steps; raises the first failed step's error.
-        A step's failure is remembered like its success, so chains sharing it do not run it again."""
-        path, summaries = Path(self.inputs.model_path), []
+    def model(self, chain: list[Step], progress: Progress) -> tuple[Path, list[dict[str, Any]], ModelInfo]:
+        """The model at the end of `chain`, the summaries of its steps and its inspection; raises the first failed
+        step's error. A step's failure is remembered like its success, so chains sharing it do not run it again."""
+        path, summaries, info = Path(self.inputs.model_path), [], self.inputs.model_info
         for i, step in enumerate(chain):
             key = tuple(s.key for s in chain[: i + 1])
             if key not in self.done:
@@ -69,7 +70,7 @@ class _Runner:
                 try:
                     if self.left() <= 0:
                         raise EngineError("over_budget", "the time budget was used up before this step")
-                    self.done[key] = self._run_step(step, path, len(self.done), part)
+                    self.done[key] = self._run_step(step, path, info, len(self.done), part)
                 except EngineError as exc:
                     self.done[key] = exc
                 except Exception as exc:  # a bug in one step: reported with the trials that need it, logged
@@ -78,17 +79,19 @@ class _Runner:
             result = self.done[key]
             if isinstance(result, EngineError):
                 raise EngineError(result.code, f"step {step.label}: {result.detail}")
-            path, summary = result
+            path, summary, info = result
             summaries.append(summary)
-        return path, summaries
+        return path, summaries, info
 
-    def _run_step(self, step: Step, source: Path, n: int, progress: Progress) -> tuple[Path, dict[str, Any]]:
+    def _run_step(
+        self, step: Step, source: Path, info: ModelInfo, n: int, progress: Progress
+    ) -> tuple[Path, dict[str, Any], ModelInfo]:
         kind = get_kind(step.kind)
         out = self.root / f"step-{n}-{step.key}"
         out.mkdir(parents=True, exist_ok=True)
         sub = JobInputs(
             model_path=str(source),
-            model_info=check_and_inspect(str(source)),
+            model_info=info,
             datasets=self.inputs.datasets,
             out_dir=str(out),
             max_threads=self.inputs.max_threads,
@@ -108,7 +111,10 @@ class _Runner:
         if not produced:
             raise EngineError("no_model", f"{step.kind} produced no model")
         summary = step_summary(step, report.model_dump(mode="json"), time.monotonic() - t0)
-        return out / produced[0].filename, summary
+        path = out / produced[0].filename
+        # the kind inspected what it produced (ArtifactOut.model_info); inspect only if it did not say
+        made = produced[0].model_info
+        return path, summary, ModelInfo.model_validate(made) if made else check_and_inspect(str(path))
 
 
 def _same_bytes(a: Path | None, b: Path) -> bool:
@@ -191,13 +197,13 @@ def _run(
 
         t0 = time.monotonic()
         try:
-            path, trial.steps = runner.model(trial.chain, lambda f, s: sub(0.8 * f, s))
+            path, trial.steps, made = runner.model(trial.chain, lambda f, s: sub(0.8 * f, s))
             if runner.left() <= 0:
                 raise EngineError("over_budget", "the time budget was used up before this trial was measured")
             comparison = compare_with_params(
                 Path(inputs.model_path), path, inputs, evaluation, measure, lambda f, s: sub(0.8 + 0.2 * f, s)
             )
-            trial.measure(comparison, check_and_inspect(str(path)), params, path)
+            trial.measure(comparison, made, params, path)
         except EngineError as exc:
             trial.status = "skipped" if exc.code == "over_budget" else "failed"
             trial.error = {"code": exc.code, "detail": exc.detail}
@@ -223,7 +229,6 @@ def _run(
         role = "optimized" if choice.goal_met else "closest"
         dst = Path(inputs.out_dir) / f"{role}.onnx"
         shutil.copyfile(choice.trial.model_path, dst)
-        out_info: ModelInfo = check_and_inspect(str(dst))
         handed_back = {"filename": dst.name, "size_bytes": dst.stat().st_size, "meets_goal": choice.goal_met}
         artifacts.append(
             ArtifactOut(
@@ -231,7 +236,7 @@ def _run(
                 filename=dst.name,
                 media_type="application/octet-stream",
                 register_as_model=role,
-                model_info=out_info.model_dump(mode="json"),
+                model_info=choice.trial.model_info.model_dump(mode="json"),  # same bytes, inspected
             )
         )
     winner = choice.trial if choice.goal_met else None

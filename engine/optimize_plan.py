@@ -128,13 +128,14 @@ class Trial(BaseModel):
     seconds: float | None = None
     comparison: Comparison | None = Field(default=None, exclude=True)
     model_path: Path | None = Field(default=None, exclude=True)
+    model_info: ModelInfo | None = Field(default=None, exclude=True)
 
     def measure(self, c: Comparison, info: ModelInfo, params: OptimizeParams, path: Path) -> None:
         pair = c.latency_ms[0]
         primary = c.metrics[c.primary_metric] if c.metrics and c.primary_metric else None
         predicted = pick_output(info, params.output)  # the prediction output, as every kind picks it
         fid = next((f for f in c.fidelity if f.output == predicted), c.fidelity[0])
-        self.status, self.comparison, self.model_path = "measured", c, path
+        self.status, self.comparison, self.model_path, self.model_info = "measured", c, path, info
         self.metric = primary.candidate if primary else None
         self.drop = c.drop
         self.cosine, self.top1_agreement = fid.cosine, fid.top1_agreement

@@ -133,14 +133,11 @@ def submit(
     try:
         roles = resolve_roles(kind, body.datasets)
         summaries = {role: DatasetSummary.model_validate(found[i].summary) for role, i in roles.items()}
-        kind.validate(ModelInfo.model_validate(model.info), summaries, params)
+        info = ModelInfo.model_validate(model.info)
+        kind.validate(info, summaries, params)
         if others and kind.validate_models is not None:
-            kind.validate_models(ModelInfo.model_validate(model.info), others, params)
-        estimate = (
-            kind.estimate_seconds(ModelInfo.model_validate(model.info), summaries, params)
-            if kind.estimate_seconds
-            else None
-        )
+            kind.validate_models(info, others, params)
+        estimate = kind.estimate_seconds(info, summaries, params) if kind.estimate_seconds else None
         if estimate is not None and estimate > settings.job_time_limit_s:
             raise EngineError(
                 "too_long",
