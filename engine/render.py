@@ -348,34 +348,48 @@ def comparison_latency(comparison: dict[str, Any], a: str = "original", b: str =
     )
 
 
-def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    errors = (report.get("layer_errors") or {}).get("activations", [])
-    auto = report.get("auto") or {}
-    trials = [t for t in auto.get("trials", []) if t.get("status") == "measured" and t.get("metric") is not None]
-    metric = auto.get("goal_metric", "metric")
+def front_charts(
+    rows: list[dict[str, Any]], *, y: str, y_label: str, chosen: int | None, latency_label: str
+) -> tuple[Markup, Markup]:
+    """Trials (index, name, speedup, size_ratio, pareto and the `y` value) as two Pareto scatters: relative latency
+    and relative size against `y`; rows without a `y` value are left out, the `chosen` index is ringed."""
 
     def points(x: Any) -> list[dict[str, Any]]:
         return [
             {
-                "x": x(t),
-                "y": t["metric"],
-                "label": f"{t['index']}: {t['name']}",
-                "front": t.get("pareto"),
-                "chosen": t["index"] == auto.get("chosen"),
+                "x": x(r),
+                "y": r[y],
+                "label": f"{r['index']}: {r['name']}",
+                "front": r.get("pareto"),
+                "chosen": r["index"] == chosen,
             }
-            for t in trials
-            if x(t) is not None
+            for r in rows
+            if x(r) is not None and r.get(y) is not None
         ]
 
+    return (
+        scatter(
+            points(lambda r: 1 / r["speedup"] if r.get("speedup") else None), x_label=latency_label, y_label=y_label
+        ),
+        scatter(points(lambda r: r.get("size_ratio")), x_label="size vs original", y_label=y_label),
+    )
+
+
+def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
+    errors = (report.get("layer_errors") or {}).get("activations", [])
+    auto = report.get("auto") or {}
+    trials = [t for t in auto.get("trials", []) if t.get("status") == "measured"]
+    metric = auto.get("goal_metric", "metric")
+    by_latency, by_size = front_charts(
+        trials,
+        y="metric",
+        y_label=f"{metric} on eval",
+        chosen=auto.get("chosen"),
+        latency_label="latency vs original (batch 1, 1 thread; lower is faster)",
+    )
     return {
-        "trials_latency": scatter(
-            points(lambda t: 1 / t["speedup"] if t.get("speedup") else None),
-            x_label="latency vs original (batch 1, 1 thread; lower is faster)",
-            y_label=f"{metric} on eval",
-        ),
-        "trials_size": scatter(
-            points(lambda t: t.get("size_ratio")), x_label="size vs original", y_label=f"{metric} on eval"
-        ),
+        "trials_latency": by_latency,
+        "trials_size": by_size,
         "latency": comparison_latency(report.get("comparison", {}), "original", "quantized"),
         "errors": bars([(r["tensor"], r["sqnr_db"]) for r in errors], value_label="SQNR dB vs float (lower is worse)"),
     }
@@ -388,27 +402,14 @@ def optimize_charts(report: dict[str, Any]) -> dict[str, Markup]:
     metric = "metric" if labeled else "cosine"
     y_label = "primary metric on eval" if labeled else "cosine to the original's output"
 
-    def points(x: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "x": x(r),
-                "y": r[metric],
-                "label": f"{r['index']}: {r['name']}",
-                "front": r.get("pareto"),
-                "chosen": r["index"] == (report.get("recommended") or report.get("closest")),
-            }
-            for r in rows
-            if x(r) is not None and r.get(metric) is not None
-        ]
-
-    return {
-        "front_latency": scatter(
-            points(lambda r: 1 / r["speedup"] if r.get("speedup") else None),
-            x_label="latency vs original (timed interleaved; lower is faster)",
-            y_label=y_label,
-        ),
-        "front_size": scatter(points(lambda r: r.get("size_ratio")), x_label="size vs original", y_label=y_label),
-    }
+    by_latency, by_size = front_charts(
+        rows,
+        y=metric,
+        y_label=y_label,
+        chosen=report.get("recommended") or report.get("closest"),
+        latency_label="latency vs original (timed interleaved; lower is faster)",
+    )
+    return {"front_latency": by_latency, "front_size": by_size}
 
 
 def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
