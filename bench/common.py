@@ -1,4 +1,4 @@
-"""What every bench script shares: run a job kind on files the way a worker does (engine.run_in_child, the
+"""What every bench script shares: run a job kind on files the way a worker does (engine.registry.run_in_child, the
 sandboxed entry point), with inputs built by engine.local from the files."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.jobs import get_kind, run_in_child
 from engine.local import local_inputs
+from engine.registry import get_kind, run_in_child
 
 
 def job(

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
+from engine.core.errors import EngineError, ErrorCode
 from engine.datasets import DatasetSummary
-from engine.errors import EngineError
 from engine.inspect import TensorSpec
 
 
@@ -28,11 +28,11 @@ def _np_dtype(elem_type: str) -> np.dtype:
     try:
         return np.dtype(elem_type)
     except TypeError:
-        raise EngineError("unsupported", f"model inputs of type {elem_type} are not supported yet") from None
+        raise EngineError(ErrorCode.UNSUPPORTED, f"model inputs of type {elem_type} are not supported yet") from None
 
 
 def _incompatible(detail: str) -> EngineError:
-    return EngineError("incompatible_data", detail)
+    return EngineError(ErrorCode.INCOMPATIBLE_DATA, detail)
 
 
 def _check_fits(name: str, src: str, lo: float | None, hi: float | None, target: np.dtype, input_name: str) -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 
 Format = Literal["npz", "csv", "parquet", "json"]
 LABEL_NAMES = ("y", "label")
@@ -60,7 +60,7 @@ class DatasetSummary(BaseModel):
 
 
 def _bad(detail: str) -> EngineError:
-    return EngineError("invalid_dataset", detail)
+    return EngineError(ErrorCode.INVALID_DATASET, detail)
 
 
 # ---------------------------------------------------------------- reading
@@ -185,7 +185,8 @@ def _pick_label(names: list[str], label: str | None) -> str | None:
     if label is not None:
         if label not in names:
             raise EngineError(
-                "unknown_label", f"label {label!r} is not an array/column of the dataset (it has: {', '.join(names)})"
+                ErrorCode.UNKNOWN_LABEL,
+                f"label {label!r} is not an array/column of the dataset (it has: {', '.join(names)})",
             )
         return label
     return next((n for n in LABEL_NAMES if n in names), None)

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, helper
 from pydantic import BaseModel, Field
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.runtime import session_options
 
 # Ops whose multiply-accumulates are counted: op type -> (index of the data input, index of the weight input).
@@ -148,7 +148,7 @@ def refuse_external_data(model: ModelProto) -> None:
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             raise EngineError(
-                "external_data",
+                ErrorCode.EXTERNAL_DATA,
                 f"tensor {name!r} keeps its data in an external file ({location!r}); models with external "
                 "data are not accepted yet: save the model as one file (onnx.save(model, path, "
                 "save_as_external_data=False)), which works up to 2 GB",
@@ -165,16 +165,16 @@ def _scrub(message: str, path: Path) -> str:
 def load_untrusted(path: Path) -> ModelProto:
     size = path.stat().st_size
     if size == 0:
-        raise EngineError("invalid_model", "the file is empty")
+        raise EngineError(ErrorCode.INVALID_MODEL, "the file is empty")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise EngineError(
-            "invalid_model", f"the file is not an ONNX model (protobuf parse failed: {_scrub(str(exc), path)})"
+            ErrorCode.INVALID_MODEL, f"the file is not an ONNX model (protobuf parse failed: {_scrub(str(exc), path)})"
         ) from None
     if not model.HasField("graph") or model.ir_version == 0:
         raise EngineError(
-            "invalid_model", "the file is not an ONNX model (no graph or no IR version: not an ONNX protobuf)"
+            ErrorCode.INVALID_MODEL, "the file is not an ONNX model (no graph or no IR version: not an ONNX protobuf)"
         )
     return model
 
@@ -185,7 +185,9 @@ def check_model(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise EngineError("invalid_model", f"the model fails the ONNX checker: {_scrub(str(exc), path)}") from None
+        raise EngineError(
+            ErrorCode.INVALID_MODEL, f"the model fails the ONNX checker: {_scrub(str(exc), path)}"
+        ) from None
 
 
 def check_runtime(path: Path, threads: int = 1) -> None:
@@ -203,7 +205,7 @@ def check_runtime(path: Path, threads: int = 1) -> None:
         text = _scrub(str(exc), path)
         if "bad_alloc" in text:
             raise MemoryError(text) from None
-        raise EngineError("invalid_model", f"ONNX Runtime cannot load the model: {text}") from None
+        raise EngineError(ErrorCode.INVALID_MODEL, f"ONNX Runtime cannot load the model: {text}") from None
 
 
 def _numel(dims: list[int]) -> int:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.core.inputs import DatasetInput, JobInputs, resolve_roles
+from engine.core.kind import AnyKind
 from engine.datasets import inspect_dataset
 from engine.inspect import check_and_inspect
-from engine.jobs import DatasetInput, JobInputs, JobKind, resolve_roles
 
 FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".json": "json"}
 
@@ -21,7 +22,7 @@ def local_inputs(
     *,
     max_threads: int = 1,
     labels: dict[str, str] | None = None,
-    kind: JobKind | None = None,
+    kind: AnyKind | None = None,
 ) -> JobInputs:
     """Datasets by role (`history` is read as a training history); `eval` resolved as the service does for `kind`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,7 @@ def local_inputs(
         label = summary.label.name if summary.label else None
         by_role[role] = DatasetInput(path=str(path), format=fmt, label=label, summary=summary)
     if kind is not None:
-        for role, source in resolve_roles(kind, {r: r for r in by_role}).items():
+        for role, source in resolve_roles(kind.name, kind.roles, kind.required, {r: r for r in by_role}).items():
             by_role.setdefault(role, by_role[source])
     return JobInputs(
         model_path=str(model),

@@ -1,7 +1,8 @@
-"""Reports a person can open: one HTML page per job, Jinja2 templates, charts drawn here as inline SVG.
+"""Reports a person can open: one HTML page per job, Jinja2 templates, charts drawn as inline SVG.
 
-No JavaScript, no CDN, no external fonts: the page works offline and from an e-mail attachment.
-`render_report(report, job)` picks the kind's template (or a generic one that lists the JSON).
+No JavaScript, no CDN, no external fonts: the page works offline and from an e-mail attachment. This module holds
+the shared layout (engine/templates: base page, comparison macros, the generic page) and the chart primitives;
+each kind keeps its page template and its charts in its own folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -227,55 +228,6 @@ def interval_bars(
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
 
 
-def diagnose_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    primary = report.get("primary_metric", "metric")
-    rows = []
-    for role, split in (report.get("splits") or {}).items():
-        value = split["metrics"].get(primary)
-        if value is not None:
-            rows.append((role, value, split.get("primary_ci95"), "model"))
-        base = split["baseline_metrics"].get(primary)
-        if base is not None:
-            rows.append((f"{role}, naive baseline", base, None, "baseline"))
-    history = report.get("history") or {}
-    curves = history.get("curves") or {}
-    values = history.get("values") or {}
-    losses = {
-        name: [(i + 1.0, v) for i, v in enumerate(values.get(key) or []) if v is not None]
-        for name, key in (("train loss", curves.get("train_loss")), ("validation loss", curves.get("val_loss")))
-        if key
-    }
-    marks = []
-    if history.get("best_epoch"):
-        marks.append((float(history["best_epoch"]), f"best epoch {history['best_epoch']}"))
-    if history.get("stopped_epoch"):
-        marks.append((float(history["stopped_epoch"]), f"early stop {history['stopped_epoch']}"))
-    gaps = []
-    splits = report.get("splits") or {}
-    train_recall = (splits.get("train") or {}).get("per_class_recall") or {}
-    val_recall = (splits.get("validation") or {}).get("per_class_recall") or {}
-    for c in sorted(set(train_recall) & set(val_recall), key=lambda k: -(train_recall[k] - val_recall[k]))[:20]:
-        gaps.append((f"class {c}", train_recall[c] - val_recall[c]))
-    alphas = [(w["layer"], w["alpha"]) for w in report.get("weights") or [] if w.get("status") == "fitted"]
-    return {
-        "metrics": interval_bars(rows, value_label=f"{primary} with its 95% bootstrap interval"),
-        "curves": line_chart(losses, x_label="epoch", y_label="loss", marks=marks) if losses else Markup(""),
-        "class_gaps": bars(gaps, value_label="train recall - validation recall"),
-        "alphas": bars(alphas, value_label="power-law alpha of the weight spectrum (2-6 is typical)"),
-    }
-
-
-def distill_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    history = report.get("history") or {}
-    curves = {
-        name: [(i + 1.0, v) for i, v in enumerate(history.get(key) or []) if v is not None]
-        for name, key in (("train loss", "loss"), ("validation loss", "val_loss"))
-        if history.get(key)
-    }
-    marks = [(float(report["best_epoch"]), f"best epoch {report['best_epoch']}")] if report.get("best_epoch") else []
-    return {"curves": line_chart(curves, x_label="epoch", y_label="loss", marks=marks) if curves else Markup("")}
-
-
 def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: int = 560, height: int = 320) -> Markup:
     """Trials as points {x, y, label, front, chosen}: the Pareto front filled and joined, the chosen one ringed."""
     if not points:
@@ -375,80 +327,28 @@ def front_charts(
     )
 
 
-def quantize_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    errors = (report.get("layer_errors") or {}).get("activations", [])
-    auto = report.get("auto") or {}
-    trials = [t for t in auto.get("trials", []) if t.get("status") == "measured"]
-    metric = auto.get("goal_metric", "metric")
-    by_latency, by_size = front_charts(
-        trials,
-        y="metric",
-        y_label=f"{metric} on eval",
-        chosen=auto.get("chosen"),
-        latency_label="latency vs original (batch 1, 1 thread; lower is faster)",
-    )
-    return {
-        "trials_latency": by_latency,
-        "trials_size": by_size,
-        "latency": comparison_latency(report.get("comparison", {}), "original", "quantized"),
-        "errors": bars([(r["tensor"], r["sqnr_db"]) for r in errors], value_label="SQNR dB vs float (lower is worse)"),
-    }
+_SHARED = FileSystemLoader(_TEMPLATES)
+_envs: dict[str, Environment] = {}
 
 
-def optimize_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    """The front: every measured trial (and the original) by latency and by size against the metric."""
-    rows = [r for r in [report.get("original", {}), *report.get("trials", [])] if r.get("status") == "measured"]
-    labeled = any(r.get("metric") is not None for r in rows)
-    metric = "metric" if labeled else "cosine"
-    y_label = "primary metric on eval" if labeled else "cosine to the original's output"
-
-    by_latency, by_size = front_charts(
-        rows,
-        y=metric,
-        y_label=y_label,
-        chosen=report.get("recommended") or report.get("closest"),
-        latency_label="latency vs original (timed interleaved; lower is faster)",
-    )
-    return {"front_latency": by_latency, "front_size": by_size}
+def _environment(folder: Path | None) -> Environment:
+    """A kind's templates (its folder) over the shared layout and macros (engine/templates)."""
+    key = str(folder)
+    if key not in _envs:
+        loader = ChoiceLoader([FileSystemLoader(folder), _SHARED]) if folder is not None else _SHARED
+        env = Environment(loader=loader, autoescape=select_autoescape(["html"]))
+        env.filters["fmt"] = _fmt
+        env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+        env.globals.update(heatmap=heatmap, comparison_latency=comparison_latency)
+        _envs[key] = env
+    return _envs[key]
 
 
-def benchmark_charts(report: dict[str, Any]) -> dict[str, Markup]:
-    results = report.get("results", [])
-    by_threads: dict[int, list[dict[str, Any]]] = {}
-    for r in results:
-        by_threads.setdefault(r["threads"], []).append(r)
-    latency = {
-        f"p50, {t} thread(s)": [(r["batch_size"], r["latency_ms"]["p50"]) for r in rs] for t, rs in by_threads.items()
-    }
-    latency.update(
-        {f"p99, {t} thread(s)": [(r["batch_size"], r["latency_ms"]["p99"]) for r in rs] for t, rs in by_threads.items()}
-    )
-    throughput = {
-        f"{t} thread(s)": [(r["batch_size"], r["throughput_samples_per_s"]) for r in rs] for t, rs in by_threads.items()
-    }
-    log_x = len({r["batch_size"] for r in results}) > 1
-    return {
-        "latency": line_chart(latency, x_label="batch size", y_label="latency (ms)", log_x=log_x),
-        "throughput": line_chart(throughput, x_label="batch size", y_label="samples / s", log_x=log_x),
-    }
-
-
-_env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
-_env.filters["fmt"] = _fmt
-_env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
-_env.globals.update(
-    heatmap=heatmap,
-    benchmark_charts=benchmark_charts,
-    quantize_charts=quantize_charts,
-    comparison_latency=comparison_latency,
-    optimize_charts=optimize_charts,
-    diagnose_charts=diagnose_charts,
-    distill_charts=distill_charts,
-)
-
-
-def render_report(report: dict[str, Any], job: dict[str, Any]) -> str:
-    """HTML for a job's report. `job` carries id, kind, status, timestamps, model id (display only)."""
-    name = f"{report.get('kind', job.get('kind'))}.html"
-    template = _env.get_template(name if (_TEMPLATES / name).exists() else "generic.html")
-    return template.render(report=report, job=job)
+def render_page(
+    report: dict[str, Any], job: dict[str, Any], *, folder: Path | None, template: str | None, charts: dict[str, Any]
+) -> str:
+    """HTML for a job's report: the kind's template from its folder (or the generic page that lists the JSON).
+    `job` carries id, kind, status, timestamps, model id (display only); `charts` are the kind's inline SVGs."""
+    if folder is None or template is None or not (folder / template).exists():
+        return _environment(None).get_template("generic.html").render(report=report, job=job, charts=charts)
+    return _environment(folder).get_template(template).render(report=report, job=job, charts=charts)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 
 
 def session_options(threads: int = 1, *, optimize: bool = True, prepack: bool = True) -> Any:
@@ -31,7 +31,7 @@ def make_session(model_path: str, threads: int = 1) -> Any:
     try:
         return ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise EngineError("invalid_model", f"ONNX Runtime cannot load the model: {str(exc)[:500]}") from None
+        raise EngineError(ErrorCode.INVALID_MODEL, f"ONNX Runtime cannot load the model: {str(exc)[:500]}") from None
 
 
 def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -53,7 +53,7 @@ def run_batched(
         try:
             outs.append(session.run([output], batch)[0])
         except Exception as exc:
-            raise EngineError("runtime_error", f"the model failed on a batch: {str(exc)[:500]}") from None
+            raise EngineError(ErrorCode.RUNTIME_ERROR, f"the model failed on a batch: {str(exc)[:500]}") from None
         if progress is not None:
             progress(min(1.0, (i + 1) * batch_size / n))
     return np.concatenate(outs, axis=0)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 PROGRESS_FD_ENV = "ONNXSMITH_PROGRESS_FD"
@@ -44,10 +44,7 @@ _PRELOAD = [
     "onnx",
     "onnxruntime",
     "onnxruntime.quantization",  # before anything imports onnxruntime.transformers (it edits sys.path)
-    "engine.jobs",
-    "engine.evaluate",
-    "engine.quantize",
-    "engine.benchmark",
+    "engine.registry",  # every kind, and the libraries they share
     "engine.inspect",
     "engine.datasets",
     "engine.warmup",
@@ -256,7 +253,9 @@ def _watch(
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             child.kill()
-            raise EngineError("timeout", f"the work was still running after {limits.timeout_s:g} s (time limit)")
+            raise EngineError(
+                ErrorCode.TIMEOUT, f"the work was still running after {limits.timeout_s:g} s (time limit)"
+            )
         if open_pipe:
             ready, _, _ = select.select([progress_r], [], [], min(poll_s, remaining))
             if ready:
@@ -279,7 +278,7 @@ def _watch(
             for message in messages or [None]:
                 if not monitor(message):
                     child.kill()
-                    raise EngineError("cancelled", "the job was cancelled")
+                    raise EngineError(ErrorCode.CANCELLED, "the job was cancelled")
         if exited:
             return
 
@@ -299,17 +298,17 @@ def _read_result(path: str) -> dict[str, Any] | None:
 
 def _crash_error(returncode: int, stderr: str, limits: Limits) -> EngineError:
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return EngineError("timeout", "processing exceeded its CPU time limit")
+        return EngineError(ErrorCode.TIMEOUT, "processing exceeded its CPU time limit")
     if "MemoryError" in stderr or "bad_alloc" in stderr or "Cannot allocate memory" in stderr:
         return _memory_error(limits.memory_mb)
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else ""
-        return EngineError("crashed", f"processing crashed its child process ({name or returncode})")
-    return EngineError("crashed", f"processing ended its child process without a result (exit {returncode})")
+        return EngineError(ErrorCode.CRASHED, f"processing crashed its child process ({name or returncode})")
+    return EngineError(ErrorCode.CRASHED, f"processing ended its child process without a result (exit {returncode})")
 
 
 def _memory_error(limit_mb: int) -> EngineError:
-    return EngineError("memory_limit", f"processing needed more than the {limit_mb} MB memory limit")
+    return EngineError(ErrorCode.MEMORY_LIMIT, f"processing needed more than the {limit_mb} MB memory limit")
 
 
 # ---------------------------------------------------------------- in the child

@@ -148,10 +148,9 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
     from pydantic import ValidationError
     from rich.progress import Progress
 
-    from engine.errors import EngineError
-    from engine.jobs import get_kind
+    from engine.core.errors import EngineError
     from engine.local import local_inputs
-    from engine.render import render_report
+    from engine.registry import get_kind, render_report
 
     # ONNX Runtime's quantizer logs advice on the root logger for every configuration it tries
     logging.getLogger().setLevel(logging.ERROR)
@@ -159,18 +158,20 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
     for stale in ("optimized.onnx", "closest.onnx"):  # a previous run's
         (out / stale).unlink(missing_ok=True)
     try:  # the request: refused as the service would refuse it (exit 4)
-        parsed = kind.params.model_validate(params)
+        parsed = kind.Params.model_validate(params)
         inputs = local_inputs(model, out, {r: Path(p) for r, p in datasets.items()}, kind=kind)
-        kind.validate(inputs.model_info, {r: d.summary for r, d in inputs.datasets.items()}, parsed)
+        kind.validate(inputs.model_info, inputs.summaries(), parsed)
     except (EngineError, ValidationError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {escape(exc.detail if isinstance(exc, EngineError) else str(exc))}")
         raise typer.Exit(EXIT_REFUSED) from None
     try:  # the run: fails as a job fails (exit 5)
         with Progress(console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task("optimize", total=1.0)
-            report, _ = kind.run(inputs, parsed, lambda f, s: bar.update(task, completed=f, description=s[:70]))
+            report = kind.execute(
+                inputs, parsed, lambda f, s: bar.update(task, completed=f, description=s[:70]), get_kind
+            ).report
     except EngineError as exc:
-        err.print(f"[red]optimize failed:[/red] {escape(f'{exc.code}: {exc.detail}')}")
+        err.print(f"[red]optimize failed:[/red] {escape(f'{exc.code.value}: {exc.detail}')}")
         raise typer.Exit(EXIT_JOB_FAILED) from None
     data = report.model_dump(mode="json")
     (out / "report.json").write_text(json.dumps(data, indent=2))

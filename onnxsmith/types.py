@@ -110,6 +110,7 @@ class Report(_Open):
     kind: str
     warnings: list[str] = []
     machine: dict[str, Any] = {}
+    params: dict[str, Any] | None = None  # the params the job ran with, defaults filled in
     output_model_id: str | None = None  # set by the service when the job registered a model
 
 
@@ -190,7 +191,21 @@ class DiagnoseReport(Report):
     remedies: list[dict[str, Any]] = []
 
 
+class EvaluateReport(Report):
+    task: str
+    sample_count: int
+    metrics: dict[str, float | None]
+    accuracy_ci95: list[float] | None = None
+
+
+class BenchmarkReport(Report):
+    input_source: str
+    results: list[dict[str, Any]]
+
+
 REPORT_TYPES: dict[str, type[Report]] = {
+    "evaluate": EvaluateReport,
+    "benchmark": BenchmarkReport,
     "optimize": OptimizeReport,
     "compare": CompareReport,
     "quantize": QuantizeReport,

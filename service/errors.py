@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.core.errors import EngineError
+
 log = logging.getLogger("onnxsmith.api")
 
 PROBLEM = "application/problem+json"
@@ -34,6 +36,15 @@ class AppError(Exception):
         self.status, self.type, self.detail = status, type_, detail
         self.title = title or type_.replace("-", " ").capitalize()
         self.errors, self.headers, self.extra = errors, headers, extra or {}
+
+
+def problem_for(exc: EngineError, *, prefix: str = "") -> AppError:
+    """An engine error as the request's problem: its code's status, type and title (engine.core.errors). A code
+    that is not the user's problem (5xx) is a bug here and propagates as it is."""
+    info = exc.code.info
+    if not exc.code.is_user_error:
+        raise exc
+    return AppError(info.status, prefix + info.problem, exc.detail, title=info.title, extra={"code": exc.code.value})
 
 
 def not_found(what: str, id_: str) -> AppError:

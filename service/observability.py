@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from engine.core.kind import QUEUES
 from service import migrations
 from service.errors import problem
 from service.jobs import repository as jobs_repo
 from service.jobs.tables import STATUSES
-from workers.app import QUEUES
 
 log = logging.getLogger("onnxsmith.api")
 router = APIRouter(tags=["health"])

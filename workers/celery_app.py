@@ -4,9 +4,9 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from service.broker import make_celery
 from service.settings import get_settings
 from workers import presence, reconciler
-from workers.app import make_celery
 from workers.tasks import register
 
 app = make_celery(get_settings())

@@ -16,7 +16,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from engine.jobs import get_kind
+from engine.registry import get_kind
 from service.jobs import repository as repo
 from service.jobs.queue import Enqueuer
 from workers.runner import Context, context, transaction, worker_lost_detail

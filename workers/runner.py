@@ -23,10 +23,12 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.core.errors import EngineError, ErrorCode
+from engine.core.inputs import DatasetInput, JobInputs, ModelInput
+from engine.core.kind import JobOutput
 from engine.datasets import DatasetSummary
-from engine.errors import EngineError
 from engine.inspect import ModelInfo
-from engine.jobs import DatasetInput, JobInputs, JobOutput, ModelInput, get_kind
+from engine.registry import get_kind
 from engine.sandbox import Limits, run_isolated
 from service.artifacts import repository as artifacts_repo
 from service.artifacts.tables import Artifact
@@ -118,13 +120,13 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
     try:
         _run(ctx, job_id, attempt, kind)
     except EngineError as exc:
-        if exc.code == "cancelled":
+        if exc.code == ErrorCode.CANCELLED:
             return
         log.info("job %s failed: %s: %s", job_id, exc.code, exc.detail)
-        _finish_failed(ctx, job_id, attempt, exc.code, exc.detail)
+        _finish_failed(ctx, job_id, attempt, exc.code.value, exc.detail)
     except (BlobMissing, BlobCorrupt) as exc:
         log.error("job %s: input file problem: %s", job_id, exc)
-        _finish_failed(ctx, job_id, attempt, "input_unavailable", str(exc))
+        _finish_failed(ctx, job_id, attempt, ErrorCode.INPUT_UNAVAILABLE.value, str(exc))
     except TRANSIENT as exc:
         log.warning("job %s: transient error, retrying: %s", job_id, exc)
         with transaction(ctx) as db:
@@ -133,7 +135,11 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
     except Exception:
         log.exception("job %s (%s) failed with an internal error", job_id, kind)
         _finish_failed(
-            ctx, job_id, attempt, "internal", f"an internal error occurred; it was logged with job id {job_id}"
+            ctx,
+            job_id,
+            attempt,
+            ErrorCode.INTERNAL.value,
+            f"an internal error occurred; it was logged with job id {job_id}",
         )
 
 
@@ -175,17 +181,21 @@ def _fetch_inputs(ctx: Context, job_id: str, tmp: Path) -> tuple[Any, dict[str, 
         assert job is not None
         model = models_repo.get(db, tenant_id=job.tenant_id, model_id=job.model_id or "")
         if model is None:
-            raise EngineError("model_missing", "the job's model was deleted before the job ran")
+            raise EngineError(ErrorCode.MODEL_MISSING, "the job's model was deleted before the job ran")
         found = datasets_repo.get_many(db, tenant_id=job.tenant_id, ids=list(job.datasets.values()))
         missing = [role for role, i in job.datasets.items() if i not in found]
         if missing:
-            raise EngineError("dataset_missing", f"the job's dataset(s) for {missing} were deleted before it ran")
+            raise EngineError(
+                ErrorCode.DATASET_MISSING, f"the job's dataset(s) for {missing} were deleted before it ran"
+            )
         kind = get_kind(job.kind)
         others = {}
-        for role, other_id in kind.other_models(kind.params.model_validate(job.params)).items():
+        for role, other_id in kind.other_models(kind.Params.model_validate(job.params)).items():
             other = models_repo.get(db, tenant_id=job.tenant_id, model_id=other_id)
             if other is None:
-                raise EngineError("model_missing", f"the {role} model {other_id} was deleted before the job ran")
+                raise EngineError(
+                    ErrorCode.MODEL_MISSING, f"the {role} model {other_id} was deleted before the job ran"
+                )
             others[role] = other
         rows = {"job": job, "model": model, "datasets": {role: found[i] for role, i in job.datasets.items()}}
     model_path = tmp / "model.onnx"
@@ -236,7 +246,7 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
         threads = s.job_threads  # the most a job may use; the kind's params choose within it
         limits = Limits(memory_mb=s.job_memory_mb, timeout_s=s.job_time_limit_s, threads=threads)
         result = run_isolated(
-            "engine.jobs:run_in_child",
+            "engine.registry:run_in_child",
             {"kind": kind_name, "inputs": inputs, "params": job.params},
             limits,
             monitor=heartbeat,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from engine.jobs import kind_names
+from engine.registry import kind_names
 from service.jobs.queue import task_name
 from workers import runner
 

@@ -16,10 +16,6 @@ from service.storage import ObjectStore
 from service.storage import service as blobs
 from service.uploads import Upload, clean_name
 
-_PROBLEMS = {
-    "invalid_dataset": ("invalid-dataset", "Invalid dataset"),
-    "unknown_label": ("unknown-label", "Unknown label"),
-}
 KINDS = ("samples", "history")
 FORMATS = ("npz", "csv", "parquet", "json")
 
@@ -66,7 +62,6 @@ def create_from_upload(
         settings=settings,
         target="engine.datasets:inspect_dataset",
         kwargs={"path": str(upload.path), "fmt": fmt, "kind": kind, "label": label},
-        problems=_PROBLEMS,
         what="dataset",
     )
     summary = DatasetSummary.model_validate(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.jobs import get_kind
+from engine.registry import get_kind
 from service.settings import Settings
 
 
@@ -20,7 +20,7 @@ class Enqueuer:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Enqueuer:
-        from workers.app import make_celery
+        from service.broker import make_celery
 
         return cls(make_celery(settings))
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from engine.render import render_report
+from engine.registry import render_report
 from service.artifacts import service as artifacts
 from service.artifacts.schemas import ArtifactOut
 from service.deps import EdgeRoute, OptionalCredentialsDep, SessionDep, SettingsDep, StoreDep, TenantDep, authenticated

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from engine.core.errors import EngineError, ErrorCode
 from engine.datasets import DatasetSummary
-from engine.errors import EngineError
 from engine.inspect import ModelInfo
-from engine.jobs import get_kind, kind_names, resolve_roles
+from engine.registry import get_kind, kind_names, roles_for
 from service.artifacts import repository as artifacts_repo
 from service.datasets import repository as datasets_repo
 from service.db import new_id, utcnow
 from service.deps import unauthorized
-from service.errors import AppError, not_found
+from service.errors import AppError, not_found, problem_for
 from service.fleet import service as fleet
 from service.jobs import links
 from service.jobs import repository as repo
@@ -29,20 +28,6 @@ from service.pagination import split_page
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage import service as blobs
-
-# Engine error codes that make a job request unacceptable: problem type for each.
-_REQUEST_PROBLEMS = {
-    "incompatible_data": "incompatible-data",
-    "unknown_output": "unknown-output",
-    "missing_param": "missing-param",
-    "missing_dataset": "missing-dataset",
-    "unsupported": "unsupported",
-    "already_quantized": "already-quantized",
-    "nothing_to_quantize": "nothing-to-quantize",
-    "incompatible_model": "incompatible-model",
-    "too_long": "too-long",
-    "budget_too_small": "budget-too-small",
-}
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -86,7 +71,7 @@ def submit(
             errors=[{"location": "body", "field": "kind", "message": "unknown kind", "type": "enum"}],
         ) from None
     try:
-        params = kind.params.model_validate(body.params)
+        params = kind.Params.model_validate(body.params)
     except ValidationError as exc:
         raise _params_error(exc) from None
     threads = kind.threads(params)
@@ -97,10 +82,10 @@ def submit(
             f"params ask for {threads} threads; workers allow at most {settings.job_threads} (ONNXSMITH_JOB_THREADS)",
             title="Invalid request",
         )
-    budget = getattr(params, "max_seconds", None)
+    budget = kind.budget_seconds(params)
     if budget is not None and "max_seconds" not in params.model_fields_set and budget >= settings.job_time_limit_s:
         # a default budget above this deployment's job limit: shrink it, leaving time to measure the choice
-        params = params.model_copy(update={"max_seconds": 0.8 * settings.job_time_limit_s})
+        params = kind.with_budget(params, 0.8 * settings.job_time_limit_s)
     elif budget is not None and budget >= settings.job_time_limit_s:
         raise AppError(
             422,
@@ -131,27 +116,22 @@ def submit(
         if dataset_id not in found:
             raise not_found("dataset", dataset_id)
     try:
-        roles = resolve_roles(kind, body.datasets)
+        roles = roles_for(kind, body.datasets)
         summaries = {role: DatasetSummary.model_validate(found[i].summary) for role, i in roles.items()}
         info = ModelInfo.model_validate(model.info)
         kind.validate(info, summaries, params)
-        if others and kind.validate_models is not None:
+        if others:
             kind.validate_models(info, others, params)
-        estimate = kind.estimate_seconds(info, summaries, params) if kind.estimate_seconds else None
+        estimate = kind.estimate_seconds(info, summaries, params)
         if estimate is not None and estimate > settings.job_time_limit_s:
             raise EngineError(
-                "too_long",
+                ErrorCode.TOO_LONG,
                 f"this job would run about {estimate:,.0f} s at least (an optimistic estimate from the model's MACs, "
                 f"the samples and the params), more than the job time limit of {settings.job_time_limit_s:g} s "
                 "(ONNXSMITH_JOB_TIME_LIMIT_S): ask for fewer epochs or samples",
             )
     except EngineError as exc:
-        type_ = _REQUEST_PROBLEMS.get(exc.code)
-        if type_ is None:
-            raise
-        raise AppError(
-            422, type_, exc.detail, title=type_.replace("-", " ").capitalize(), extra={"code": exc.code}
-        ) from None
+        raise problem_for(exc) from None
     fleet.check_capable(
         db=db, kind=kind.name, queue=kind.queue, needs=kind.needs(params), ttl_s=settings.presence_ttl_s
     )
@@ -178,20 +158,19 @@ def kinds(*, db: Session, settings: Settings) -> list[KindOut]:
     out = []
     for name in kind_names():
         kind = get_kind(name)
-        needs = kind.needs(kind.params.model_construct())
+        needs = kind.needs(kind.Params.model_construct())
         runnable, _, live = fleet.capable(db=db, queue=kind.queue, needs=needs, ttl_s=settings.presence_ttl_s)
-        doc = (sys.modules[kind.run.__module__].__doc__ or "").strip().split("\n\n")[0]
         out.append(
             KindOut(
                 name=name,
-                description=" ".join(doc.split()),
+                description=kind.description,
                 queue=kind.queue,
                 dataset_roles=list(kind.roles),
                 required_roles=list(kind.required),
                 needs=sorted(needs),
                 runnable=runnable,
                 live_workers=live,
-                params_schema=kind.params.model_json_schema(),
+                params_schema=kind.Params.model_json_schema(),
             )
         )
     return out

@@ -17,11 +17,6 @@ from service.storage import ObjectStore
 from service.storage import service as blobs
 from service.uploads import Upload, clean_name
 
-_PROBLEMS = {
-    "invalid_model": ("invalid-model", "Invalid ONNX model"),
-    "external_data": ("external-data-not-supported", "External data not supported"),
-}
-
 
 def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
     """Check and inspect the uploaded file in a child process with memory and time limits."""
@@ -29,7 +24,6 @@ def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
         settings=settings,
         target="engine.inspect:check_and_inspect",
         kwargs={"path": str(upload.path)},
-        problems=_PROBLEMS,
         what="model",
     )
     return ModelInfo.model_validate(value)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from engine import binding
+from engine.core.errors import EngineError
 from engine.datasets import inspect_dataset, load_samples
-from engine.errors import EngineError
 from engine.inspect import TensorSpec
 from tests import data_files
 

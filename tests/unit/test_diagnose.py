@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import fit
-from engine.errors import EngineError
-from engine.jobs import run_in_child
+from engine.core.errors import EngineError
+from engine.kinds.diagnose.weights import esd_alpha
+from engine.registry import run_in_child
+from engine.select.stopping import replay
 from tests import data_files, onnx_models
 from tests.job_inputs import job_inputs
 
@@ -201,13 +202,13 @@ def test_a_class_the_model_never_predicts_is_named(tmp_path) -> None:
 
 def test_spectral_alpha_of_weights() -> None:
     rng = np.random.default_rng(0)
-    fitted = fit.esd_alpha(rng.standard_normal((256, 128)))
+    fitted = esd_alpha(rng.standard_normal((256, 128)))
     assert fitted["status"] == "fitted" and fitted["alpha"] > 1 and fitted["tail_size"] >= 10
-    assert fit.esd_alpha(rng.standard_normal((8, 4)))["status"] == "skipped"
+    assert esd_alpha(rng.standard_normal((8, 4)))["status"] == "skipped"
     # A heavy-tailed spectrum (a few large singular values on top of noise) fits a smaller alpha than noise.
     u, _, vt = np.linalg.svd(rng.standard_normal((256, 128)), full_matrices=False)
     heavy = (u * (rng.pareto(1.5, 128) + 1)) @ vt
-    assert fit.esd_alpha(heavy)["alpha"] < fitted["alpha"]
+    assert esd_alpha(heavy)["alpha"] < fitted["alpha"]
 
 
 def test_weights_analysis_in_the_job(tmp_path, linear_classifier) -> None:
@@ -222,7 +223,7 @@ def test_weights_analysis_in_the_job(tmp_path, linear_classifier) -> None:
 
 
 def test_the_report_page_puts_the_verdict_first(tmp_path, linear_classifier) -> None:
-    from engine.render import render_report
+    from engine.registry import render_report
 
     model, split = linear_classifier
     train = [1.0 / (e + 1) for e in range(30)]
@@ -273,14 +274,14 @@ def test_a_model_that_fits_nothing_is_underfit_whatever_its_relative_gap(tmp_pat
 
 def test_early_stopping_replay_follows_keras() -> None:
     curve = [1.0, 0.5, 0.6, 0.55, 0.52, 0.4, 0.45]  # best 0.5 at epoch 2; 3 epochs without improvement; 0.4 later
-    assert fit.early_stopping(curve, True, 0.0, 3) == {
+    assert replay(curve, True, 0.0, 3) == {
         "best_epoch": 6,
         "best_value": 0.4,
         "stopped_epoch": 5,  # epochs 3, 4, 5 do not improve on epoch 2
         "restored_epoch": 2,
     }
-    assert fit.early_stopping(curve, True, 0.0, 10)["stopped_epoch"] is None
-    assert fit.early_stopping([0.5, 0.6, 0.61], False, 0.05, 1)["best_epoch"] == 2  # 0.61 is not 0.05 better
+    assert replay(curve, True, 0.0, 10)["stopped_epoch"] is None
+    assert replay([0.5, 0.6, 0.61], False, 0.05, 1)["best_epoch"] == 2  # 0.61 is not 0.05 better
 
 
 def test_binary_classifier_with_one_logit_and_a_test_split(tmp_path) -> None:

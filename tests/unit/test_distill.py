@@ -9,16 +9,19 @@ import numpy as np
 import onnx
 import pytest
 
+from engine.core.errors import EngineError
 from engine.datasets import inspect_dataset
-from engine.errors import EngineError
 from engine.inspect import check_and_inspect
-from engine.jobs import run_in_child
+from engine.registry import run_in_child
 from tests import data_files, onnx_models
 from tests.job_inputs import job_inputs
 
 torch = pytest.importorskip("torch", reason="distillation needs the train extra (torch==2.13.0)")
 
-from engine.distill import DistillParams, validate  # noqa: E402
+from engine.kinds.distill import KIND as DISTILL  # noqa: E402
+from engine.kinds.distill import DistillParams  # noqa: E402
+
+validate = DISTILL.validate
 
 
 def _inputs(tmp_path: Path, model: Path, **datasets: Path) -> dict:

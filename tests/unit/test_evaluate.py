@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.evaluate import class_probabilities, classification_metrics, regression_metrics, wilson_ci95
+from engine.measure.metrics import class_probabilities, classification_metrics, regression_metrics, wilson_ci95
 
 
 def test_output_interpretation() -> None:

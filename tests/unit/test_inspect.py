@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from engine.inspect import check_and_inspect
 from tests import onnx_models
 

@@ -7,12 +7,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import EngineError
-from engine.jobs import JobInputs, run_in_child
-from engine.optimize_plan import OptimizeParams, Trial, choose, mark_pareto, plan, validate
-from engine.render import render_report
+from engine.core.errors import EngineError
+from engine.core.inputs import JobInputs
+from engine.kinds.optimize import KIND as OPTIMIZE
+from engine.kinds.optimize.plan import OptimizeParams, choose, plan
+from engine.kinds.optimize.plan import OptimizeTrial as Trial
+from engine.registry import render_report, run_in_child
+from engine.select.trial import mark_pareto
 from tests import digits, onnx_models
 from tests.job_inputs import job_inputs
+
+validate = OPTIMIZE.validate
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from engine.inspect import check_and_inspect
-from engine.jobs import run_in_child
-from engine.prune import PruneParams, validate
+from engine.kinds.prune import KIND as PRUNE
+from engine.kinds.prune import PruneParams
+from engine.registry import run_in_child
 from tests import data_files, onnx_models
 from tests.job_inputs import job_inputs
+
+validate = PRUNE.validate
 
 PARAMS = {"runs": 5, "warmup_runs": 1, "batch_sizes": [1]}
 

@@ -9,13 +9,16 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from engine.core.errors import EngineError
 from engine.datasets import inspect_dataset
-from engine.errors import EngineError
 from engine.inspect import check_and_inspect
-from engine.jobs import run_in_child
-from engine.quantize import QuantizeParams, validate
+from engine.kinds.quantize import KIND as QUANTIZE
+from engine.kinds.quantize import QuantizeParams
+from engine.registry import run_in_child
 from tests import data_files, onnx_models
 from tests.job_inputs import job_inputs
+
+validate = QUANTIZE.validate
 
 
 def _inputs(tmp_path: Path, model: Path, **datasets: Path) -> dict:

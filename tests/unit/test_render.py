@@ -1,4 +1,5 @@
-from engine.render import _fmt, heatmap, line_chart, render_report
+from engine.registry import render_report
+from engine.render import _fmt, heatmap, line_chart
 
 JOB = {"id": "job_x", "kind": "benchmark", "model_id": "mdl_x", "status": "succeeded", "finished_at": "now"}
 

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from engine.sandbox import Limits, run_isolated
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from engine.optimize_plan import OptimizeParams as EngineParams
+from engine.kinds.optimize import OptimizeParams as EngineParams
 from onnxsmith import OptimizeParams
 
 
@@ -23,3 +23,31 @@ def test_sdk_optimize_params_check_before_sending() -> None:
         OptimizeParams(methods=["shrink"])
     with pytest.raises(ValidationError, match="extra"):
         OptimizeParams(max_drop=0.01)
+
+
+def _fields(model: type) -> dict:
+    return model.model_fields  # type: ignore[attr-defined]
+
+
+def _check(sdk: type, engine: type, where: str) -> None:
+    """Every field the SDK declares is in the engine's model; one the engine may send as null has an SDK default."""
+    for name, field in _fields(sdk).items():
+        if name == "output_model_id":  # set by the service, not the engine
+            continue
+        assert name in _fields(engine), f"{where}.{name} is not in the engine's {engine.__name__}"
+        annotation = _fields(engine)[name].annotation
+        if annotation is None or type(None) in getattr(annotation, "__args__", ()):
+            assert not field.is_required(), f"{where}.{name}: the engine may send null, the SDK requires a value"
+
+
+def test_sdk_report_types_match_every_kinds_report() -> None:
+    from engine.kinds.optimize.plan import OptimizeTrial
+    from engine.measure.comparison import Comparison as EngineComparison
+    from engine.registry import KINDS
+    from onnxsmith.types import REPORT_TYPES, Comparison, Trial
+
+    assert set(REPORT_TYPES) == set(KINDS), "every kind has a typed report in the SDK"
+    for name, sdk in REPORT_TYPES.items():
+        _check(sdk, KINDS[name].Report, f"{name} report")
+    _check(Comparison, EngineComparison, "comparison")
+    _check(Trial, OptimizeTrial, "optimize trial")

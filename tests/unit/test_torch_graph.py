@@ -8,12 +8,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from tests import onnx_models
 
 torch = pytest.importorskip("torch", reason="the training interpreter needs the train extra (torch==2.13.0)")
 
-from engine.torch_graph import OnnxModule, max_disagreement, trainable_names  # noqa: E402
+from engine.kinds.distill.torch_graph import OnnxModule, max_disagreement, trainable_names  # noqa: E402
 
 R = np.random.default_rng(0)
 

@@ -1,0 +1,80 @@
+"""What a job kind is handed: the model, other models named by its params, datasets by role, an output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from engine import binding
+from engine.core.errors import EngineError, ErrorCode
+from engine.datasets import DatasetSummary, load_samples
+from engine.inspect import ModelInfo
+
+ROLES = ("train", "validation", "test", "calibration", "eval", "history")
+
+
+class DatasetInput(BaseModel):
+    path: str
+    format: str
+    label: str | None
+    summary: DatasetSummary
+
+
+class ModelInput(BaseModel):
+    path: str
+    info: ModelInfo
+
+
+class JobInputs(BaseModel):
+    model_path: str
+    model_info: ModelInfo
+    models: dict[str, ModelInput] = Field(
+        default_factory=dict, description="Other models the params name (Kind.other_models), by role"
+    )
+    datasets: dict[str, DatasetInput] = Field(description="By role, already resolved (eval <- test <- validation)")
+    out_dir: str
+    max_threads: int = 1
+
+    def feeds(self, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The dataset of `role` as model feeds (binding rules of engine.binding) and its labels, if any."""
+        ds = self.datasets[role]
+        arrays, labels = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]  # a Format str
+        return binding.bind(binding.plan(self.model_info.inputs, ds.summary), arrays), labels
+
+    def summaries(self) -> dict[str, DatasetSummary]:
+        return {role: d.summary for role, d in self.datasets.items()}
+
+
+def resolve_roles(
+    name: str, roles: tuple[str, ...], required: tuple[str, ...], given: dict[str, str]
+) -> dict[str, str]:
+    """Dataset roles a kind reads: where it needs `eval` and none is given, `test`, else `validation`."""
+    resolved = dict(given)
+    if "eval" in roles and "eval" not in resolved:
+        for fallback in ("test", "validation"):
+            if fallback in resolved:
+                resolved["eval"] = resolved[fallback]
+                break
+    missing = [r for r in required if r not in resolved]
+    if missing:
+        raise EngineError(ErrorCode.MISSING_DATASET, f"{name} needs a dataset for role(s) {missing}")
+    return resolved
+
+
+def pick_output(info: ModelInfo, requested: str | None) -> str:
+    """The prediction output: the one named, else the model's first float output."""
+    if requested is not None:
+        if requested not in [o.name for o in info.outputs]:
+            raise EngineError(
+                ErrorCode.UNKNOWN_OUTPUT,
+                f"output {requested!r} is not an output of the model: {[o.name for o in info.outputs]}",
+            )
+        return requested
+    for o in info.outputs:
+        if o.elem_type in ("float32", "float64", "float16"):
+            return o.name
+    raise EngineError(
+        ErrorCode.UNKNOWN_OUTPUT, "the model has no float output; name the prediction output in params.output"
+    )

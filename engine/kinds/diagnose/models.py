@@ -1,0 +1,84 @@
+"""The params and the report blocks of the `diagnose` kind."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from engine.core.kind import StrictParams
+
+SPLITS = ("train", "validation", "test")
+Verdict = Literal["overfit", "underfit", "good_fit", "inconclusive"]
+
+
+class DiagnoseParams(StrictParams):
+    task: Literal["classification", "regression"] | None = Field(
+        default=None, description="Task hint (default: from the labels: integer/string classes or float values)"
+    )
+    primary_metric: Literal["accuracy", "macro_f1", "roc_auc", "r2"] | None = Field(
+        default=None, description="Higher-is-better metric the gap is measured on (default accuracy / r2)"
+    )
+    output: str | None = Field(default=None, description="The prediction output (default: the first float output)")
+    overfit_relative_gap: float = Field(
+        default=0.10,
+        gt=0,
+        lt=1,
+        description="Overfit when (train - val) / |train| reaches this and its interval excludes 0",
+    )
+    underfit_gain: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Underfit when the gain over the naive baseline on validation is at most this",
+    )
+    underfit_train_gain: float = Field(
+        default=0.25, ge=0, lt=1, description="...and the gain on train is at most this ('poor on train as well')"
+    )
+    train_target: float | None = Field(
+        default=None, description="Underfit when the primary metric on train is below this target (e.g. 0.95)"
+    )
+    min_samples: int = Field(default=30, ge=2, description="Fewer samples in a split: verdict inconclusive")
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=20000)
+    seed: int = Field(default=0, description="Seed of the bootstrap (same seed and data: same interval)")
+    max_samples: int | None = Field(default=20000, ge=1, description="Samples used per split")
+    batch_size: int = Field(default=256, ge=1, le=65536)
+    threads: int = Field(default=1, ge=1, le=64)
+    monitor: str | None = Field(default=None, description="History curve for early stopping (default val_loss)")
+    min_delta: float = Field(default=0.0, ge=0, description="EarlyStopping min_delta on the monitored curve")
+    patience: int | None = Field(default=None, ge=1, description="EarlyStopping patience (default max(3, epochs/10))")
+    weights: bool = Field(default=True, description="Spectral (power-law alpha) analysis of the weight matrices")
+
+
+class SplitResult(BaseModel):
+    samples: int
+    metrics: dict[str, float | None]
+    baseline_metrics: dict[str, float | None] = Field(description="The naive model fitted on train, on this split")
+    gain: float | None = Field(description="(model - baseline) / (perfect - baseline) on the primary metric")
+    primary_ci95: list[float] | None = Field(default=None, description="Bootstrap 95% interval of the primary metric")
+    per_class_recall: dict[str, float] | None = None
+    predicted_classes: int | None = Field(default=None, description="Distinct classes the model predicts here")
+
+
+class Gap(BaseModel):
+    metric: str
+    absolute: float = Field(description="train - validation")
+    relative: float | None = Field(description="(train - validation) / |train|")
+    absolute_ci95: list[float] | None
+    relative_ci95: list[float] | None
+    resamples: int
+    p_value: float | None = Field(default=None, description="Two-proportion z-test, train vs validation accuracy")
+    test_absolute: float | None = Field(default=None, description="train - test, when a test split is given")
+
+
+class Evidence(BaseModel):
+    code: str
+    points_to: Literal["overfit", "underfit", "good_fit", "inconclusive", "none"]
+    text: str
+
+
+class Remedy(BaseModel):
+    action: str
+    why: str = Field(description="The evidence that calls for it")
+    setting: dict[str, Any] = Field(default_factory=dict, description="Concrete values where they can be derived")
+    code: str | None = Field(default=None, description="Ready-to-paste code, e.g. a Keras EarlyStopping")

@@ -1,0 +1,164 @@
+"""The verdict from the evidence, by the documented thresholds of DiagnoseParams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.kinds.diagnose.models import DiagnoseParams, Evidence, Gap, SplitResult, Verdict
+from engine.measure.curves import HistoryAnalysis
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def decide(
+    task: str,
+    primary: str,
+    splits: dict[str, SplitResult],
+    gap: Gap | None,
+    history: HistoryAnalysis | None,
+    weights: list[dict[str, Any]] | None,
+    p: DiagnoseParams,
+    identical: bool,
+) -> tuple[Verdict, str, list[Evidence]]:
+    ev: list[Evidence] = []
+
+    def note(code: str, points_to: str, text: str) -> None:
+        ev.append(Evidence(code=code, points_to=points_to, text=text))  # type: ignore[arg-type]
+
+    tr, va = splits["train"], splits["validation"]
+    small = [r for r, s in splits.items() if s.samples < p.min_samples]
+    if small:
+        note(
+            "too_few_samples",
+            "inconclusive",
+            f"{', '.join(f'{r} has {splits[r].samples}' for r in small)} samples, fewer than {p.min_samples}: "
+            "intervals are too wide to decide",
+        )
+    if identical:
+        note("same_data", "inconclusive", "train and validation are the same data")
+    overfit = underfit = straddle = False
+    learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
+    onset = history is not None and history.overfit_onset_epoch is not None
+    if gap is not None and gap.relative is not None and not learned:
+        note(
+            "gap_of_an_unfit_model",
+            "none",
+            f"{primary} is {num(tr.metrics[primary])} on train and {num(va.metrics[primary])} on "
+            f"validation: the model fits too little of train (gain {pct(tr.gain)}) for the gap to mean "
+            "overfitting",
+        )
+    elif gap is not None and gap.relative is not None:
+        lo, hi = gap.relative_ci95 or [None, None]
+        text = (
+            f"{primary} falls from {num(tr.metrics[primary])} on train to {num(va.metrics[primary])} on validation: "
+            f"a relative gap of {pct(gap.relative)}"
+            + (f" (95% interval {pct(lo)} to {pct(hi)})" if lo is not None else "")
+            + (f", p = {gap.p_value:.2g}" if gap.p_value is not None else "")
+        )
+        if gap.relative >= p.overfit_relative_gap and lo is not None and lo > 0:
+            overfit = True
+            note(
+                "significant_gap",
+                "overfit",
+                text + f"; at or above the {pct(p.overfit_relative_gap)} threshold and significant",
+            )
+        elif gap.relative >= p.overfit_relative_gap:
+            straddle = True
+            note("gap_not_significant", "inconclusive", text + "; above the threshold but the interval includes 0")
+        elif lo is not None and hi is not None and lo > 0 and hi >= p.overfit_relative_gap and onset:
+            overfit = True  # a significant gap that may reach the threshold, and the curves show overfitting
+            note(
+                "significant_gap_and_onset",
+                "overfit",
+                text + f"; significant, its interval reaches the {pct(p.overfit_relative_gap)} threshold, "
+                "and the learning curves show overfitting",
+            )
+        elif lo is not None and hi is not None and lo < p.overfit_relative_gap <= hi:
+            straddle = True
+            note(
+                "gap_straddles_threshold",
+                "inconclusive",
+                text + f"; the interval straddles the {pct(p.overfit_relative_gap)} threshold",
+            )
+        else:
+            note("small_gap", "good_fit", text + f"; below the {pct(p.overfit_relative_gap)} threshold")
+    if va.gain is not None and tr.gain is not None:
+        text = (
+            f"gain over the naive baseline ({'most frequent class' if task == 'classification' else 'the mean'}): "
+            f"{pct(tr.gain)} on train, {pct(va.gain)} on validation"
+        )
+        if va.gain <= p.underfit_gain and tr.gain <= p.underfit_train_gain:
+            underfit = True
+            note(
+                "no_gain_over_baseline",
+                "underfit",
+                text + f" (at most {pct(p.underfit_gain)} / {pct(p.underfit_train_gain)}): poor on both",
+            )
+        else:
+            note("gain_over_baseline", "none", text)
+    if p.train_target is not None and tr.metrics.get(primary) is not None and tr.metrics[primary] < p.train_target:  # type: ignore[operator]
+        underfit = True
+        note(
+            "below_train_target",
+            "underfit",
+            f"{primary} on train {num(tr.metrics[primary])} is below the target {p.train_target}",
+        )
+    if history is not None:
+        if history.overfit_onset_epoch is not None:
+            note(
+                "history_onset",
+                "overfit",
+                f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
+                "rises afterwards while training loss keeps falling",
+            )
+        if history.still_improving:
+            note(
+                "history_still_improving",
+                "underfit",
+                "training and validation loss are both still falling at the last epoch "
+                f"({history.epochs}): more epochs would help",
+            )
+        if history.plateaued and tr.gain is not None and tr.gain <= 0.5:
+            note(
+                "history_plateau_low",
+                "underfit",
+                "both losses have flattened while train performance is low: more capacity or better "
+                "features, not more epochs",
+            )
+    for w in weights or []:
+        if w.get("flag"):
+            note(
+                "weights_alpha",
+                "overfit" if w["alpha"] < 2 else "underfit",
+                f"layer {w['layer']}: spectral alpha {w['alpha']:.2f} ({w['flag']}; supporting evidence only)",
+            )
+
+    if small or identical:
+        verdict: Verdict = "inconclusive"
+    elif overfit and underfit:
+        verdict = "inconclusive"
+        note("conflict", "inconclusive", "signals conflict: a significant gap and no gain over the baseline")
+    elif overfit:
+        verdict = "overfit"
+    elif underfit:
+        verdict = "underfit"
+    elif straddle:
+        verdict = "inconclusive"
+    else:
+        verdict = "good_fit"
+    rel = pct(gap.relative if gap else None)
+    summaries = {
+        "overfit": f"Overfit: {primary} is {rel} lower on validation than on train, beyond what chance explains.",
+        "underfit": f"Underfit: the model gains only {pct(va.gain)} over a naive baseline on validation "
+        f"({pct(tr.gain)} on train).",
+        "good_fit": f"Good fit: {primary} {num(va.metrics.get(primary))} on validation, {rel} below train, "
+        f"{pct(va.gain)} of the way from the naive baseline to perfect.",
+        "inconclusive": "Inconclusive: " + "; ".join(e.text for e in ev if e.points_to == "inconclusive")[:400] + ".",
+    }
+    return verdict, summaries[verdict], ev

@@ -1,0 +1,211 @@
+"""The quantizers themselves: ONNX Runtime's dynamic and static quantization and the fp16 converter, with the
+graph clean-ups they need (fp16 Cast round trips removed, nodes re-sorted, pre-processing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from engine.core.errors import EngineError, ErrorCode
+from engine.inspect import ModelInfo
+from engine.kinds.quantize.calibration import CALIB_MERGE_EVERY, Reader
+from engine.kinds.quantize.params import QuantizeParams
+
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "MatMulNBits",
+}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN", "Gather"}
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def is_quantized(info: ModelInfo) -> bool:
+    return any(op.split(":")[-1] in QUANTIZED_OPS for op in info.op_histogram)
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Remove Cast(float32 -> float16) -> Cast(-> float32) pairs, which the fp16 converter puts between two nodes
+    kept in float32 (blocked or around float32 I/O): they only lose precision, and overflow above 65,504."""
+    typed = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    dropped = []
+    for first in graph.node:
+        if cast_to(first) != TensorProto.FLOAT16 or types.get(first.input[0]) != TensorProto.FLOAT:
+            continue
+        users = consumers.get(first.output[0], [])
+        if first.output[0] in outputs or not users or any(cast_to(u) != TensorProto.FLOAT for u in users):
+            continue
+        for second in users:  # now a float32 -> float32 Cast: a no-op that keeps the names as they were
+            second.input[0] = first.input[0]
+        dropped.append(first)
+    keep = [n for n in graph.node if all(n is not d for d in dropped)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(dropped)
+
+
+def left_in_float(path: Path) -> list[str]:
+    """Weighted nodes whose weight is still a float initializer (not fed through DequantizeLinear)."""
+    model = onnx.load(str(path))
+    floats = {t.name for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    out = []
+    for node in model.graph.node:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in floats:
+            out.append(f"{node.name or node.output[0]}: {node.op_type}")
+    return out
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so every input is produced before it is used (stable for nodes already in order)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:  # a cycle or an input from an enclosing graph: keep the rest as it was
+            ordered.extend(pending)
+            break
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    copies = [onnx.NodeProto() for _ in ordered]
+    for c, n in zip(copies, ordered, strict=True):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def pre_process(src: Path, dst: Path) -> Path:
+    """ORT's quant_pre_process: shape inference and graph optimization (Conv+BatchNorm folding and the like)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader | None, tmp: Path) -> dict[str, Any]:
+    """Run ORT's quantizer (or the fp16 converter); returns the configuration used."""
+    from onnxruntime.quantization import (  # import before onnxruntime.transformers (it edits sys.path)
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if params.mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(
+            onnx.load(str(src)),
+            keep_io_types=params.keep_io_types,
+            op_block_list=params.op_block_list or None,
+            node_block_list=params.nodes_to_exclude or None,
+        )
+        drop_fp16_round_trips(model)
+        toposort(model.graph)  # the converter appends its input Casts at the end of the node list
+        onnx.save(model, str(dst))
+        return {
+            "keep_io_types": params.keep_io_types,
+            "op_block_list": params.op_block_list,
+            "nodes_to_exclude": params.nodes_to_exclude,
+        }
+    if params.mode == "dynamic":
+        config = {
+            "weight_type": params.weight_type,
+            "per_channel": bool(params.per_channel),
+            "reduce_range": params.reduce_range,
+            "op_types": params.op_types or ["MatMul", "Gemm"],
+            "nodes_to_exclude": params.nodes_to_exclude,
+        }
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=config["op_types"],
+            per_channel=config["per_channel"],
+            reduce_range=params.reduce_range,
+            weight_type=qtype[params.weight_type],
+            nodes_to_exclude=params.nodes_to_exclude or None,
+        )
+        return config
+    assert reader is not None
+    reader.rewind()  # the same reader serves every static trial of an auto search
+    source, skipped = src, None
+    if params.pre_process is not False:
+        try:
+            source = pre_process(src, tmp / "preprocessed.onnx")
+        except Exception as exc:
+            if params.pre_process:
+                raise EngineError(
+                    ErrorCode.QUANTIZATION_FAILED, f"quant_pre_process failed: {str(exc)[:400]}"
+                ) from None
+            skipped = f"quant_pre_process failed, quantized without it: {str(exc)[:300]}"
+    per_channel = True if params.per_channel is None else params.per_channel
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": params.activation_symmetric,
+        "WeightSymmetric": params.weight_symmetric,
+        "CalibMaxIntermediateOutputs": CALIB_MERGE_EVERY,  # bounded memory: ranges merged every few batches
+    }
+    method = CalibrationMethod.MinMax
+    if params.calibration_method == "entropy":
+        method = CalibrationMethod.Entropy
+    if params.calibration_method == "percentile":
+        method = CalibrationMethod.Percentile
+        extra["CalibPercentile"] = params.percentile
+    config = {
+        "quant_format": params.quant_format,
+        "activation_type": params.activation_type,
+        "weight_type": params.weight_type,
+        "per_channel": per_channel,
+        "reduce_range": params.reduce_range,
+        "activation_symmetric": params.activation_symmetric,
+        "weight_symmetric": params.weight_symmetric,
+        "calibration_method": params.calibration_method,
+        "op_types": params.op_types,
+        "nodes_to_exclude": params.nodes_to_exclude,
+        "pre_process": source != src,
+    }
+    if skipped:
+        config["pre_process_skipped"] = skipped
+    if params.calibration_method == "percentile":
+        config["percentile"] = params.percentile
+    quantize_static(
+        str(source),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ if params.quant_format == "QDQ" else QuantFormat.QOperator,
+        op_types_to_quantize=params.op_types,
+        per_channel=per_channel,
+        reduce_range=params.reduce_range,
+        activation_type=qtype[params.activation_type],
+        weight_type=qtype[params.weight_type],
+        nodes_to_exclude=params.nodes_to_exclude or None,
+        calibrate_method=method,
+        extra_options=extra,
+    )
+    return config

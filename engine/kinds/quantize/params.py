@@ -1,0 +1,83 @@
+"""The params of the `quantize` kind (its auto search reads them too)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from engine.core.kind import StrictParams
+
+
+class QuantizeParams(StrictParams):
+    mode: Literal["dynamic", "static", "fp16", "auto"] = Field(
+        description="dynamic: int8 weights, activations quantized at run time; static: int8 weights and "
+        "activations calibrated on data (calibration dataset, else train); fp16: half-precision floats; "
+        "auto: try the candidates that fit the model, measure each on eval and hand back the one that meets "
+        "the goal (max_accuracy_drop, or min_output_cosine without labels) with the best objective"
+    )
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool | None = Field(default=None, description="Per-channel weight scales (default: static yes)")
+    reduce_range: bool = Field(default=False, description="7-bit weights (for CPUs without VNNI; costs accuracy)")
+    op_types: list[str] | None = Field(
+        default=None, description="Op types to quantize (default: dynamic MatMul and Gemm; static all ORT supports)"
+    )
+    nodes_to_exclude: list[str] = Field(
+        default_factory=list, description="Node names to leave in float (fp16: kept in float32)"
+    )
+    quant_format: Literal["QDQ", "QOperator"] = Field(default="QDQ", description="static: graph format")
+    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="static: activation type")
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax", description="static: how activation ranges are chosen from the calibration data"
+    )
+    percentile: float = Field(default=99.999, gt=90, le=100, description="percentile calibration")
+    calibration_max_samples: int = Field(default=256, ge=1, le=100000)
+    pre_process: bool | None = Field(
+        default=None,
+        description="static: run ORT's quant_pre_process first (graph optimization: BatchNorm folded into Conv, "
+        "measured 1.5x faster int8 on a ResNet); default: yes, and without it if it fails (with a warning)",
+    )
+    keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs and outputs")
+    op_block_list: list[str] = Field(default_factory=list, description="fp16: op types to keep in float32")
+    output: str | None = Field(default=None, description="The prediction output (default: first float output)")
+    batch_sizes: list[int] = Field(default=[1, 32], min_length=1, max_length=4)
+    threads: list[int] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
+    runs: int = Field(default=50, ge=5, le=10000, description="Timed runs of each model per configuration")
+    warmup_runs: int = Field(default=5, ge=0, le=1000)
+    eval_max_samples: int | None = Field(default=2000, ge=1, description="Eval samples used for metrics")
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="auto: the most the primary metric (accuracy, r2) may drop on eval"
+    )
+    drop_mode: Literal["relative", "absolute"] = Field(
+        default="relative", description="auto: max_accuracy_drop as a fraction of the original's value, or in points"
+    )
+    min_output_cosine: float = Field(
+        default=0.99,
+        ge=-1,
+        le=1,
+        description="auto: the goal when eval has no labels (cosine similarity of the prediction output to the "
+        "original's); when set explicitly it is required in addition to the accuracy goal",
+    )
+    objective: Literal["latency", "size"] = Field(
+        default="latency", description="auto: what the chosen model minimizes (latency at batch 1, 1 thread)"
+    )
+    auto_modes: list[Literal["static", "dynamic", "fp16"]] = Field(
+        default=["static", "dynamic", "fp16"], min_length=1, description="auto: the modes the search may try"
+    )
+    max_trials: int = Field(default=10, ge=1, le=100, description="auto: most configurations tried")
+    max_seconds: float = Field(
+        default=900, gt=0, description="auto: time budget of the search (the job's time limit still applies)"
+    )
+    trial_runs: int = Field(default=30, ge=5, le=1000, description="auto: timed runs per trial (batch 1, 1 thread)")
+    error_table: bool = Field(
+        default=True, description="static QDQ: per-tensor error (ORT's qdq_loss_debug) on a few calibration samples"
+    )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in v):
+            raise ValueError("batch sizes must be between 1 and 4096")
+        return sorted(set(v))

@@ -1,0 +1,86 @@
+"""One measured candidate of a search, the Pareto front over (quality, latency, size) with one tie rule, and the
+one choice rule. quantize auto, prune's sensitivity combination and optimize extend Trial with their own fields.
+
+Ties: latencies of the same model measured a minute apart differ by 10-30% on a shared 2-vCPU machine
+(BENCHMARKS.md), sizes barely vary; values within TIES of each other count as equal, in the front (epsilon
+dominance) and in the choice (the better metric breaks the tie).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+Objective = Literal["latency", "size"]
+TIES: dict[str, float] = {"latency": 0.10, "size": 0.02}
+INF = float("inf")
+
+
+class Trial(BaseModel):
+    index: int
+    name: str
+    status: Literal["planned", "measured", "failed", "skipped"] = "planned"
+    metric: float | None = Field(default=None, description="The goal's metric on eval (accuracy, r2, or cosine)")
+    cosine: float | None = Field(default=None, description="Cosine similarity of the prediction output")
+    speedup: float | None = Field(default=None, description="original p50 / this p50, timed interleaved")
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    non_finite_values: int = Field(default=0, description="inf/NaN values in the prediction output")
+    pareto: bool = Field(default=False, description="Not dominated in (metric, latency, size) by another trial")
+    seconds: float | None = Field(default=None, description="Wall time of this trial")
+
+    # -- the axes every rule reads ------------------------------------------------------------------------
+    @property
+    def quality(self) -> float:
+        """Higher is better: the goal's metric, else the cosine."""
+        value = self.metric if self.metric is not None else self.cosine
+        return value if value is not None else -INF
+
+    @property
+    def latency(self) -> float:
+        """Relative latency (1 / speed-up), lower is better."""
+        return 1.0 / self.speedup if self.speedup else INF
+
+    @property
+    def size(self) -> float:
+        return float(self.size_bytes) if self.size_bytes else INF
+
+    def axis(self, objective: str) -> float:
+        return self.latency if objective == "latency" else self.size
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "measured"
+
+
+T = TypeVar("T", bound=Trial)
+
+
+def _within(a: float, b: float, tie: float) -> bool:
+    """a is no worse than b on a lower-is-better axis, counting values within `tie` of b as equal."""
+    return a <= b * (1 + tie)
+
+
+def dominates(a: Trial, b: Trial) -> bool:
+    """a is no worse than b on every axis and clearly better on one (latency and size within TIES are equal)."""
+    no_worse = a.quality >= b.quality and all(_within(a.axis(x), b.axis(x), TIES[x]) for x in TIES)
+    better = a.quality > b.quality or any(a.axis(x) * (1 + TIES[x]) < b.axis(x) for x in TIES)
+    return no_worse and better
+
+
+def mark_pareto(trials: Sequence[Trial]) -> None:
+    """Set `pareto` on measured trials with finite outputs that no other such trial dominates."""
+    pool = [t for t in trials if t.measured and not t.non_finite_values]
+    for t in trials:
+        t.pareto = any(p is t for p in pool) and not any(dominates(o, t) for o in pool if o is not t)
+
+
+def best(pool: Sequence[T], objective: Objective) -> T:
+    """The best objective; within its tie band, the better quality, then the other axis, then cosine; on a full tie
+    the lowest index (0 is the original where it takes part: a change that gains nothing measurable loses)."""
+    top = min(t.axis(objective) for t in pool)
+    near = [t for t in pool if _within(t.axis(objective), top, TIES[objective])]
+    other = "size" if objective == "latency" else "latency"
+    return min(near, key=lambda t: (-t.quality, t.axis(other), -(t.cosine or 0.0), t.axis(objective), t.index))
