@@ -1,4 +1,6 @@
-"""Running one delivery of a job: claim -> fetch inputs -> engine in the sandbox -> store outputs -> finish.
+"""Running one delivery of a job: claim -> fetch inputs -> engine in the sandbox -> store outputs -> finish. What
+the inputs and outputs are is the service's (service/jobs/execution.py); this module claims, heartbeats, runs
+the engine's child and maps failures to job errors and retries.
 
 Every state change is a conditional UPDATE keyed on the attempt number (service/jobs/repository.py), so a
 message delivered twice, late, or to two workers runs the job once, and a result from an attempt that lost
@@ -7,7 +9,6 @@ its lease (or a cancelled job) is dropped instead of overwriting anything.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,23 +25,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.inputs import DatasetInput, JobInputs, ModelInput
 from engine.core.kind import JobOutput
-from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo
-from engine.registry import get_kind
 from engine.sandbox import Limits, run_isolated
-from service.artifacts import repository as artifacts_repo
-from service.artifacts.tables import Artifact
-from service.datasets import repository as datasets_repo
-from service.db import make_engine, make_session_factory, new_id
+from service.db import make_engine, make_session_factory
+from service.jobs import execution
 from service.jobs import repository as repo
 from service.jobs.tables import FINAL
-from service.model_files import repository as models_repo
-from service.model_files.tables import ModelFile
 from service.settings import Settings, get_settings
 from service.storage import BlobCorrupt, BlobMissing, ObjectStore, StoreError, open_store
-from service.storage import service as blobs
 from service.tables import Base  # noqa: F401 - every table mapped, so foreign keys resolve
 
 log = logging.getLogger("onnxsmith.worker")
@@ -175,64 +167,6 @@ def _finish_failed(ctx: Context, job_id: str, attempt: int, code: str, detail: s
             log.info("job %s: failure of attempt %d dropped (cancelled or taken over)", job_id, attempt)
 
 
-def _fetch_inputs(ctx: Context, job_id: str, tmp: Path) -> tuple[Any, dict[str, Any]]:
-    with transaction(ctx) as db:
-        job = repo.get_any(db, job_id)
-        assert job is not None
-        model = models_repo.get(db, tenant_id=job.tenant_id, model_id=job.model_id or "")
-        if model is None:
-            raise EngineError(ErrorCode.MODEL_MISSING, "the job's model was deleted before the job ran")
-        found = datasets_repo.get_many(db, tenant_id=job.tenant_id, ids=list(job.datasets.values()))
-        missing = [role for role, i in job.datasets.items() if i not in found]
-        if missing:
-            raise EngineError(
-                ErrorCode.DATASET_MISSING, f"the job's dataset(s) for {missing} were deleted before it ran"
-            )
-        kind = get_kind(job.kind)
-        others = {}
-        for role, other_id in kind.other_models(kind.Params.model_validate(job.params)).items():
-            other = models_repo.get(db, tenant_id=job.tenant_id, model_id=other_id)
-            if other is None:
-                raise EngineError(
-                    ErrorCode.MODEL_MISSING, f"the {role} model {other_id} was deleted before the job ran"
-                )
-            others[role] = other
-        rows = {"job": job, "model": model, "datasets": {role: found[i] for role, i in job.datasets.items()}}
-    model_path = tmp / "model.onnx"
-    ctx.store.download(rows["model"].blob_key, model_path, sha256=rows["model"].sha256, size=rows["model"].size_bytes)
-    datasets = {}
-    for role, ds in rows["datasets"].items():
-        path = tmp / f"{role}.{ds.format}"
-        ctx.store.download(ds.blob_key, path, sha256=ds.sha256, size=ds.size_bytes)
-        datasets[role] = DatasetInput(
-            path=str(path), format=ds.format, label=ds.label, summary=DatasetSummary.model_validate(ds.summary)
-        )
-    models = {}
-    for role, other in others.items():
-        path = tmp / f"{role}.model.onnx"
-        ctx.store.download(other.blob_key, path, sha256=other.sha256, size=other.size_bytes)
-        models[role] = ModelInput(path=str(path), info=ModelInfo.model_validate(other.info))
-    out_dir = tmp / "out"
-    out_dir.mkdir()
-    inputs = JobInputs(
-        models=models,
-        model_path=str(model_path),
-        model_info=ModelInfo.model_validate(rows["model"].info),
-        datasets=datasets,
-        out_dir=str(out_dir),
-        max_threads=ctx.settings.job_threads,
-    )
-    return rows["job"], inputs.model_dump(mode="json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
     s = ctx.settings
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -241,13 +175,15 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
         heartbeat = Heartbeat(ctx, job_id, attempt)
         t0 = time.perf_counter()
         heartbeat({"progress": 0.0, "stage": "fetching inputs"})
-        job, inputs = _fetch_inputs(ctx, job_id, tmp)
+        with transaction(ctx) as db:
+            rows = execution.load_inputs(db, job_id)
+        inputs = execution.download_inputs(ctx.store, rows, tmp, max_threads=s.job_threads)
         t_fetched = time.perf_counter()
         threads = s.job_threads  # the most a job may use; the kind's params choose within it
         limits = Limits(memory_mb=s.job_memory_mb, timeout_s=s.job_time_limit_s, threads=threads)
         result = run_isolated(
             "engine.registry:run_in_child",
-            {"kind": kind_name, "inputs": inputs, "params": job.params},
+            {"kind": kind_name, "inputs": inputs.model_dump(mode="json"), "params": rows.job.params},
             limits,
             monitor=heartbeat,
             poll_s=heartbeat.interval,
@@ -255,10 +191,13 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
         )
         t_ran = time.perf_counter()
         output = JobOutput.model_validate(result.value)
-        report = dict(output.report)
-        report["inputs"] = {"model_id": job.model_id, "datasets": job.datasets}
         try:
-            _save_outputs(ctx, job, job_id, attempt, Path(inputs["out_dir"]), output, report)
+            with transaction(ctx) as db:  # all of it, or none if the job is no longer ours
+                saved = execution.save_outputs(
+                    db, ctx.store, job=rows.job, attempt=attempt, out_dir=Path(inputs.out_dir), output=output
+                )
+                if not saved:
+                    raise _ResultDropped
         except _ResultDropped:
             log.info("job %s: result of attempt %d dropped (cancelled or taken over)", job_id, attempt)
             return
@@ -274,54 +213,3 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
 
 class _ResultDropped(Exception):
     pass
-
-
-def _register_model(db: Session, job: Any, job_id: str, art: Any, sha: str, size: int, key: str) -> str:
-    """A produced model becomes a model of the tenant (source_job_id set), so a chain is another job on it."""
-    existing = models_repo.get_by_sha256(db, tenant_id=job.tenant_id, sha256=sha)
-    if existing is not None:
-        return existing.id
-    original = models_repo.get(db, tenant_id=job.tenant_id, model_id=job.model_id or "")
-    name = f"{original.name if original else 'model'}-{art.register_as_model}"[:200]
-    row = ModelFile(
-        id=new_id("mdl"),
-        tenant_id=job.tenant_id,
-        name=name,
-        filename=Path(art.filename).name,
-        sha256=sha,
-        size_bytes=size,
-        blob_key=key,
-        info=art.model_info or {},
-        source_job_id=job_id,
-    )
-    models_repo.add(db, row)
-    return row.id
-
-
-def _save_outputs(
-    ctx: Context, job: Any, job_id: str, attempt: int, out_dir: Path, output: JobOutput, report: dict[str, Any]
-) -> None:
-    """Artifacts and the final status in one transaction: all of it, or none if the job is no longer ours."""
-    with transaction(ctx) as db:
-        for art in output.artifacts:
-            path = out_dir / Path(art.filename).name
-            sha, size = _sha256(path), path.stat().st_size
-            key = blobs.store_file(db=db, store=ctx.store, path=path, sha256=sha, size=size)
-            artifacts_repo.add(
-                db,
-                Artifact(
-                    id=new_id("art"),
-                    tenant_id=job.tenant_id,
-                    job_id=job_id,
-                    role=art.role,
-                    filename=Path(art.filename).name,
-                    media_type=art.media_type,
-                    sha256=sha,
-                    size_bytes=size,
-                    blob_key=key,
-                ),
-            )
-            if art.register_as_model:
-                report["output_model_id"] = _register_model(db, job, job_id, art, sha, size, key)
-        if not repo.finish(db, job_id, attempt, status="succeeded", report=report):
-            raise _ResultDropped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,21 +41,51 @@ def create_from_upload(
         return existing, False
     info = inspect_upload(settings=settings, upload=upload)
     key = blobs.store_file(db=db, store=store, path=upload.path, sha256=upload.sha256, size=upload.size)
-    row = ModelFile(
-        id=new_id("mdl"),
+    return register(
+        db=db,
         tenant_id=tenant_id,
         name=name,
         filename=upload.filename,
         sha256=upload.sha256,
-        size_bytes=upload.size,
+        size=upload.size,
         blob_key=key,
         info=info.model_dump(mode="json"),
+    )
+
+
+def register(
+    *,
+    db: Session,
+    tenant_id: str,
+    name: str,
+    filename: str | None,
+    sha256: str,
+    size: int,
+    blob_key: str,
+    info: dict[str, Any],
+    source_job_id: str | None = None,
+) -> tuple[ModelFile, bool]:
+    """The one way a model row is made (uploads and jobs that produce models): (model, created). The same bytes
+    of the same tenant are one model, also when two requests or jobs register them at the same moment."""
+    existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256)
+    if existing is not None:
+        return existing, False
+    row = ModelFile(
+        id=new_id("mdl"),
+        tenant_id=tenant_id,
+        name=name,
+        filename=filename,
+        sha256=sha256,
+        size_bytes=size,
+        blob_key=blob_key,
+        info=info,
+        source_job_id=source_job_id,
     )
     try:
         with db.begin_nested():
             repo.add(db, row)
-    except IntegrityError:  # the same bytes were registered concurrently: return that one
-        existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
+    except IntegrityError:  # the same bytes were registered concurrently: that one it is
+        existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256)
         if existing is None:
             raise
         return existing, False

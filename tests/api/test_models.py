@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests import onnx_models
@@ -221,3 +222,49 @@ def test_upload_download_delete_on_the_s3_store(tmp_path, db_url, s3_endpoint, s
         assert client.get(f"/v1/models/{model['id']}/content", headers=auth).content == path.read_bytes()
         assert client.delete(f"/v1/models/{model['id']}", headers=auth).status_code == 204
         assert s3.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
+
+
+def test_the_same_bytes_registered_at_once_by_two_jobs_are_one_model(client, auth, tmp_path, db, settings) -> None:
+    """Two jobs producing the same bytes for one tenant: the second waits on the unique index, then gets the first
+    one's model (it used to fail the job as `internal` on the IntegrityError)."""
+    import threading
+    import time
+
+    from service.db import make_engine, make_session_factory
+    from service.model_files import service as model_files
+    from service.model_files.tables import ModelFile
+
+    uploaded = upload(client, auth, onnx_models.mlp(tmp_path / "m.onnx")).json()
+    row = db.get(ModelFile, uploaded["id"])
+    fields = {
+        "tenant_id": row.tenant_id,
+        "name": "m-quantized",
+        "filename": "model.quant.onnx",
+        "sha256": "f" * 64,
+        "size": 10,
+        "blob_key": row.blob_key,
+        "info": {},
+        "source_job_id": None,
+    }
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    first, second = sessions(), sessions()
+    first.begin()
+    made, created = model_files.register(db=first, **fields)
+    result: dict = {}
+
+    def register_concurrently() -> None:
+        with second.begin():
+            result["second"] = model_files.register(db=second, **fields)
+
+    racer = threading.Thread(target=register_concurrently)
+    racer.start()
+    time.sleep(0.5)  # the racer's INSERT now waits on the first transaction's row
+    first.commit()
+    racer.join(timeout=60)
+    assert not racer.is_alive(), "the second registration did not finish within 60 s"
+    other, other_created = result["second"]
+    assert created and not other_created and other.id == made.id
+    assert db.scalar(sa.select(sa.func.count()).select_from(ModelFile).where(ModelFile.sha256 == "f" * 64)) == 1
+    first.close(), second.close()
+    engine.dispose()
