@@ -78,9 +78,10 @@ def mark_pareto(trials: Sequence[Trial]) -> None:
 
 
 def best(pool: Sequence[T], objective: Objective) -> T:
-    """The best objective; within its tie band, the better quality, then the other axis, then cosine; on a full tie
-    the lowest index (0 is the original where it takes part: a change that gains nothing measurable loses)."""
+    """The best objective. Within its tie band the differences are noise, so the better quality wins, then the other
+    axis, then cosine; on a full tie the lowest index (0 is the original where it takes part: a change that gains
+    nothing measurable loses to it)."""
     top = min(t.axis(objective) for t in pool)
     near = [t for t in pool if _within(t.axis(objective), top, TIES[objective])]
     other = "size" if objective == "latency" else "latency"
-    return min(near, key=lambda t: (-t.quality, t.axis(other), -(t.cosine or 0.0), t.axis(objective), t.index))
+    return min(near, key=lambda t: (-t.quality, t.axis(other), -(t.cosine or 0.0), t.index))

@@ -132,6 +132,14 @@ def test_symbolic_dims_need_values_for_synthetic_inputs(client, auth, tmp_path) 
         "/v1/jobs", headers=auth, json={"kind": "benchmark", "model_id": m, "params": {"dim_values": {"seq": 16}}}
     )
     assert ok.status_code == 202, ok.text
+    # a 100-byte model and a request for a 32768 x 32768 x 8 input: refused by arithmetic, nothing allocated (the API
+    # built the tensor here and took 12.5 GB); and dimensions beyond 2^31 are a field error, not a 500
+    huge = {"kind": "benchmark", "model_id": m, "params": {"dim_values": {"seq": 32768}, "batch_sizes": [32768]}}
+    r = client.post("/v1/jobs", headers=auth, json=huge)
+    assert r.status_code == 422 and r.json()["type"].endswith("/input-too-large"), r.text
+    assert "x" in r.json()["detail"] and r.json()["code"] == "input_too_large"
+    r = client.post("/v1/jobs", headers=auth, json={**huge, "params": {"dim_values": {"seq": 2**40}}})
+    assert r.status_code == 422 and r.json()["type"].endswith("/validation-error") and "dim_values" in r.text
 
 
 @pytest.mark.sqlite
