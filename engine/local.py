@@ -9,10 +9,10 @@ from pathlib import Path
 
 from engine.core.inputs import DatasetInput, JobInputs, resolve_roles
 from engine.core.kind import AnyKind
-from engine.datasets import inspect_dataset
+from engine.datasets import Format, inspect_dataset
 from engine.inspect import check_and_inspect
 
-FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".json": "json"}
+FORMATS: dict[str, Format] = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".json": "json"}
 
 
 def local_inputs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -23,13 +24,13 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _settings():
+def _settings() -> Any:
     from service.settings import get_settings
 
     return get_settings()
 
 
-def _session():
+def _session() -> Any:
     from service.db import make_engine, make_session_factory, session_scope
 
     engine = make_engine(_settings().resolved_database_url)
@@ -80,7 +81,7 @@ def serve(
             _stop(worker_proc)
 
 
-def _start_embedded_worker():
+def _start_embedded_worker() -> Any:
     """The same `onnxsmith worker` as in production, as a child that dies with this process."""
     import os
     import subprocess
@@ -100,7 +101,7 @@ def _start_embedded_worker():
     )
 
 
-def _stop(proc) -> None:
+def _stop(proc: Any) -> None:
     import subprocess
 
     proc.terminate()
@@ -232,4 +233,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

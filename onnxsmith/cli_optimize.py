@@ -122,11 +122,11 @@ def optimize(
     }
     params.update({k: v for k, v in optional.items() if v is not None})
     datasets = {"train": train, "validation": val, "test": test, "calibration": calibration}
-    datasets = {role: d for role, d in datasets.items() if d}
+    given = {role: d for role, d in datasets.items() if d}
     if local:
-        _local(Path(model), datasets, params, out, as_json)
+        _local(Path(model), given, params, out, as_json)
     else:
-        _remote(model, datasets, params, server, api_key, as_json)
+        _remote(model, given, params, server, api_key, as_json)
 
 
 def _remote(model: str, datasets: dict[str, str], params: dict[str, Any], server: Any, key: Any, as_json: bool) -> None:
@@ -177,6 +177,6 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
     (out / "report.json").write_text(json.dumps(data, indent=2))
     job = {"id": "local", "kind": "optimize", "status": "succeeded", "model_id": model.name}
     (out / "report.html").write_text(render_report(data, job))
-    model = (data.get("recommended_model") or {}).get("filename")
-    where = f"written to {out}/: " + (f"{model}, " if model else "") + "report.json, report.html"
+    produced = (data.get("recommended_model") or {}).get("filename")
+    where = f"written to {out}/: " + (f"{produced}, " if produced else "") + "report.json, report.html"
     _finish(data, as_json, where)

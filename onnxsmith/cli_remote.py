@@ -270,8 +270,8 @@ def jobs_report(
         if html is not None:
             html.write_text(c.report_html(job_id))
     data = report.model_dump(mode="json")
-    headline = {k: data[k] for k in ("kind", "verdict", "summary", "goal_met", "mode", "method", "output_model_id")
-                if k in data}  # fmt: skip
+    keys = ("kind", "verdict", "summary", "goal_met", "mode", "method", "output_model_id")
+    headline: dict[str, Any] = {k: data[k] for k in keys if k in data}
     if "comparison" in data and data["comparison"]:
         c_ = data["comparison"]
         headline["size_ratio"] = round(c_["size_bytes"]["ratio"], 4)

@@ -216,7 +216,7 @@ def dataset_file(data: Any, name: str | None) -> Iterator[tuple[Path, str | None
             if not isinstance(arrays, Mapping):
                 raise TypeError("upload_dataset takes a path, {name: array}, (x, y) or a pandas DataFrame")
             path = Path(tmp) / f"{stem}.npz"
-            np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+            np.savez(path, **{str(k): np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         yield path, name or stem
 
 
@@ -375,7 +375,7 @@ class Client:
                     yield {"file": (path.name, _ProgressReader(f, advance))}
 
             data = {k: v for k, v in fields.items() if v is not None} or None
-            return self._json("POST", url, files=parts, data=data)  # type: ignore[no-any-return]
+            return self._json("POST", url, files=parts, data=data)
 
     # models -----------------------------------------------------------------------------------------------------
     def upload_model(self, path: str | os.PathLike, *, name: str | None = None, progress: bool | None = None) -> Model:
@@ -511,7 +511,7 @@ class Client:
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
-        return self._json("GET", "/readyz")  # type: ignore[no-any-return]
+        return self._json("GET", "/readyz")
 
 
 # -- the asynchronous client -----------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed
     try:
         with os.fdopen(fd, "wb") as out:
             receiver = _Receiver(out, limit, allowed_fields)
-            parser = MultipartParser(options[b"boundary"], receiver.callbacks())
+            parser = MultipartParser(options[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]  # a dict of the callbacks it names
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()

@@ -190,9 +190,10 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
             plan.slices.append((w, 1 if trans else 0, keep))
         elif op in ("Flatten", "Reshape") and axis == 1:
             shape = g.shapes.get(tensor)
-            if not shape or any(d is None for d in shape[1:]):
+            dims = [d for d in (shape or [])[1:] if d is not None]
+            if not shape or len(dims) != len(shape) - 1:
                 raise Refused(f"the shape before {op} is not known")
-            spatial = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+            spatial = int(np.prod(dims[1:])) if len(dims) > 1 else 1
             if op == "Flatten" and g.attr(user, "axis", 1) != 1:
                 raise Refused("a Flatten that is not on axis 1")
             if op == "Reshape":
@@ -200,7 +201,7 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
                 if target not in g.inits or g.uses(target) > 1:
                     raise Refused("a Reshape whose shape is not its own constant")
                 value = g.array(target)
-                features = shape[1] * spatial
+                features = dims[0] * spatial
                 if len(value) != 2 or value[1] not in (-1, features):
                     raise Refused(f"a Reshape to {value.tolist()} (only [N, features] is handled)")
             expanded = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()

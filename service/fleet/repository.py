@@ -29,4 +29,5 @@ def seen_since(db: Session, since: datetime) -> list[WorkerPresence]:
 
 
 def forget_before(db: Session, before: datetime) -> int:
-    return db.execute(sa.delete(WorkerPresence).where(WorkerPresence.seen_at < before)).rowcount or 0
+    result = db.execute(sa.delete(WorkerPresence).where(WorkerPresence.seen_at < before))
+    return int(getattr(result, "rowcount", 0) or 0)  # a CursorResult for DELETE

@@ -28,7 +28,7 @@ def capable(*, db: Session, queue: str, needs: set[str], ttl_s: float) -> tuple[
         return "all", [], len(live)
     if able:
         return "some", [], len(live)
-    return "none", sorted(needs - set.intersection(*(set(w.capabilities) for w in live))), len(live)
+    return "none", sorted(needs - set[str].intersection(*(set(w.capabilities) for w in live))), len(live)
 
 
 def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s: float) -> None:

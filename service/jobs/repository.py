@@ -46,7 +46,7 @@ def list_page(
 
 def _update(db: Session, job_id: str, where: list[Any], values: dict[str, Any]) -> int:
     result = db.execute(sa.update(Job).where(Job.id == job_id, *where).values(**values))
-    return result.rowcount
+    return int(getattr(result, "rowcount", 0) or 0)  # a CursorResult for UPDATE
 
 
 def claim(db: Session, job_id: str, *, lease: timedelta, max_attempts: int) -> int | None:

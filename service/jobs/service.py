@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from engine.core.errors import EngineError, ErrorCode
+from engine.core.kind import AnyKind
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo
 from engine.registry import get_kind, kind_names, roles_for
@@ -60,6 +61,36 @@ def submit(
                     extra={"job_id": existing.id},
                 )
             return existing, False
+    kind, params = _checked_params(body, settings)
+    model, roles = _checked_inputs(db=db, settings=settings, tenant_id=tenant_id, body=body, kind=kind, params=params)
+    fleet.check_capable(
+        db=db, kind=kind.name, queue=kind.queue, needs=kind.needs(params), ttl_s=settings.presence_ttl_s
+    )
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        kind=kind.name,
+        status="queued",
+        progress=0.0,
+        stage="queued",
+        model_id=model.id,
+        datasets=roles,
+        params=params.model_dump(mode="json"),
+        attempts=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        enqueued_at=utcnow(),
+    )
+    repo.add(db, job)
+    return job, True
+
+
+def _invalid(detail: str) -> AppError:
+    return AppError(422, "validation-error", detail, title="Invalid request")
+
+
+def _checked_params(body: JobCreate, settings: Settings) -> tuple[AnyKind, Any]:
+    """The kind and its params, checked against this deployment's limits (threads, time budget) and roles."""
     try:
         kind = get_kind(body.kind)
     except KeyError:
@@ -76,32 +107,28 @@ def submit(
         raise _params_error(exc) from None
     threads = kind.threads(params)
     if threads > settings.job_threads:
-        raise AppError(
-            422,
-            "validation-error",
-            f"params ask for {threads} threads; workers allow at most {settings.job_threads} (ONNXSMITH_JOB_THREADS)",
-            title="Invalid request",
+        raise _invalid(
+            f"params ask for {threads} threads; workers allow at most {settings.job_threads} (ONNXSMITH_JOB_THREADS)"
         )
     budget = kind.budget_seconds(params)
     if budget is not None and "max_seconds" not in params.model_fields_set and budget >= settings.job_time_limit_s:
         # a default budget above this deployment's job limit: shrink it, leaving time to measure the choice
         params = kind.with_budget(params, 0.8 * settings.job_time_limit_s)
     elif budget is not None and budget >= settings.job_time_limit_s:
-        raise AppError(
-            422,
-            "validation-error",
+        raise _invalid(
             f"params.max_seconds ({budget:g}) must be below the job time limit ({settings.job_time_limit_s:g} s, "
-            "ONNXSMITH_JOB_TIME_LIMIT_S): the search needs time to measure its choice after it",
-            title="Invalid request",
+            "ONNXSMITH_JOB_TIME_LIMIT_S): the search needs time to measure its choice after it"
         )
     bad_roles = sorted(set(body.datasets) - set(ROLES))
     if bad_roles:
-        raise AppError(
-            422,
-            "validation-error",
-            f"unknown dataset role(s) {bad_roles}; roles: {', '.join(ROLES)}",
-            title="Invalid request",
-        )
+        raise _invalid(f"unknown dataset role(s) {bad_roles}; roles: {', '.join(ROLES)}")
+    return kind, params
+
+
+def _checked_inputs(
+    *, db: Session, settings: Settings, tenant_id: str, body: JobCreate, kind: AnyKind, params: Any
+) -> tuple[Any, dict[str, str]]:
+    """The model (404 if unknown) and the datasets by resolved role, checked by the kind (its 4xx problems)."""
     model = models_repo.get(db, tenant_id=tenant_id, model_id=body.model_id)
     if model is None:
         raise not_found("model", body.model_id)
@@ -132,26 +159,7 @@ def submit(
             )
     except EngineError as exc:
         raise problem_for(exc) from None
-    fleet.check_capable(
-        db=db, kind=kind.name, queue=kind.queue, needs=kind.needs(params), ttl_s=settings.presence_ttl_s
-    )
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant_id,
-        kind=kind.name,
-        status="queued",
-        progress=0.0,
-        stage="queued",
-        model_id=model.id,
-        datasets=roles,
-        params=params.model_dump(mode="json"),
-        attempts=0,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        enqueued_at=utcnow(),
-    )
-    repo.add(db, job)
-    return job, True
+    return model, roles
 
 
 def kinds(*, db: Session, settings: Settings) -> list[KindOut]:

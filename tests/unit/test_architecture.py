@@ -117,3 +117,23 @@ def test_every_error_code_has_a_status_and_no_free_string_codes_remain() -> None
         ):
             bad.append(str(path.relative_to(ROOT)))
     assert not bad, f"free-string error codes in {bad}: use ErrorCode"
+
+
+MAX_FUNCTION_LINES = 100
+MAX_MODULE_LINES = 500
+
+
+def test_no_function_over_100_lines_and_no_module_over_500() -> None:
+    long = []
+    for package in ("engine", "service", "workers"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            where = path.relative_to(ROOT)
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                long.append(f"{where}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        long.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert not long, long

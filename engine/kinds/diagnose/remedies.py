@@ -21,131 +21,154 @@ def suggest(
     p: DiagnoseParams,
     hidden: list[str] | None = None,
 ) -> list[Remedy]:
+    """Remedies for the verdict, most direct first: early stopping at a named epoch, regularization, data,
+    capacity, epochs, features, a larger validation set."""
     out: list[Remedy] = []
     codes = {e.code for e in evidence}
-    n_train = splits["train"].samples
     if (verdict == "overfit" or "history_onset" in codes) and history and history.monitor and history.best_epoch:
-        mode = "min" if minimize(history.monitor) else "max"
-        stop_at = history.stopped_epoch or history.epochs
-        keep = history.restored_epoch or history.best_epoch
-        when = (
-            f"training would have stopped at epoch {stop_at} and kept epoch {keep}"
-            if history.stopped_epoch
-            else f"training would have run all {history.epochs} epochs and kept epoch {keep}"
-        )
-        out.append(
-            Remedy(
-                action=f"early stopping: keep the weights of epoch {keep}",
-                why=f"{history.monitor} is best at epoch {history.best_epoch} of {history.epochs}; with patience "
-                f"{history.patience} {when}",
-                setting={
-                    "monitor": history.monitor,
-                    "mode": mode,
-                    "min_delta": history.min_delta,
-                    "patience": history.patience,
-                    "best_epoch": history.best_epoch,
-                    "stop_epoch": stop_at,
-                    "restored_epoch": keep,
-                },
-                code=f"EarlyStopping(monitor={history.monitor!r}, min_delta={history.min_delta}, "
-                f"patience={history.patience}, restore_best_weights=True)",
-            )
-        )
+        out.append(_early_stopping(history))
     if verdict == "overfit":
-        out.append(
-            Remedy(
-                action="L2 weight decay (or L1 for sparse weights)",
-                why="a significant train/validation gap: the model fits noise of the training set",
-                setting={
-                    "weight_decay": [1e-4, 1e-2],
-                    "l1": [1e-6, 1e-4],
-                    "note": "start low, raise until the gap closes",
-                },
-            )
-        )
-        out.append(
-            Remedy(
-                action="dropout after the hidden layers",
-                why="a significant train/validation gap",
-                setting={
-                    "rate": [0.2, 0.5],
-                    "where": "after each hidden fully-connected layer (0.1-0.2 after convolutions)",
-                    "layers": hidden or None,
-                },
-            )
-        )
-        if gap is not None and gap.absolute > 0:
-            out.append(
-                Remedy(
-                    action="more training data",
-                    why=f"the gap ({num(gap.absolute)} in {primary}) typically shrinks like 1/sqrt(n): a rule of "
-                    "thumb, not a measurement",
-                    setting={
-                        "train_samples_now": n_train,
-                        "to_halve_the_gap": 4 * n_train,
-                        "augmentation": "counts too",
-                    },
-                )
-            )
-        out.append(
-            Remedy(
-                action="reduce capacity (fewer units or channels)",
-                why="a model much larger than the data needs memorizes it",
-                setting={
-                    "width_factor": 0.5,
-                    "next_step": "structured pruning + distillation (onnxsmith prune/distill jobs, planned)",
-                },
-            )
-        )
+        out += _against_overfitting(primary, splits, gap, hidden)
     if history is not None and history.still_improving:
+        out.append(_more_epochs(history))
+    if verdict == "underfit":
+        out += _against_underfitting(splits, info)
+    if verdict == "inconclusive" and gap is not None:
+        out.append(_larger_validation(primary, splits))
+    return out
+
+
+def _early_stopping(history: HistoryAnalysis) -> Remedy:
+    assert history.monitor is not None and history.best_epoch is not None
+    mode = "min" if minimize(history.monitor) else "max"
+    stop_at = history.stopped_epoch or history.epochs
+    keep = history.restored_epoch or history.best_epoch
+    when = (
+        f"training would have stopped at epoch {stop_at} and kept epoch {keep}"
+        if history.stopped_epoch
+        else f"training would have run all {history.epochs} epochs and kept epoch {keep}"
+    )
+    return Remedy(
+        action=f"early stopping: keep the weights of epoch {keep}",
+        why=f"{history.monitor} is best at epoch {history.best_epoch} of {history.epochs}; with patience "
+        f"{history.patience} {when}",
+        setting={
+            "monitor": history.monitor,
+            "mode": mode,
+            "min_delta": history.min_delta,
+            "patience": history.patience,
+            "best_epoch": history.best_epoch,
+            "stop_epoch": stop_at,
+            "restored_epoch": keep,
+        },
+        code=f"EarlyStopping(monitor={history.monitor!r}, min_delta={history.min_delta}, "
+        f"patience={history.patience}, restore_best_weights=True)",
+    )
+
+
+def _against_overfitting(
+    primary: str, splits: dict[str, SplitResult], gap: Gap | None, hidden: list[str] | None
+) -> list[Remedy]:
+    out: list[Remedy] = []
+    n_train = splits["train"].samples
+    out.append(
+        Remedy(
+            action="L2 weight decay (or L1 for sparse weights)",
+            why="a significant train/validation gap: the model fits noise of the training set",
+            setting={
+                "weight_decay": [1e-4, 1e-2],
+                "l1": [1e-6, 1e-4],
+                "note": "start low, raise until the gap closes",
+            },
+        )
+    )
+    out.append(
+        Remedy(
+            action="dropout after the hidden layers",
+            why="a significant train/validation gap",
+            setting={
+                "rate": [0.2, 0.5],
+                "where": "after each hidden fully-connected layer (0.1-0.2 after convolutions)",
+                "layers": hidden or None,
+            },
+        )
+    )
+    if gap is not None and gap.absolute > 0:
         out.append(
             Remedy(
-                action="train for more epochs",
-                why=f"both losses still fall at epoch {history.epochs}",
+                action="more training data",
+                why=f"the gap ({num(gap.absolute)} in {primary}) typically shrinks like 1/sqrt(n): a rule of "
+                "thumb, not a measurement",
                 setting={
-                    "epochs": [history.epochs * 2, history.epochs * 3],
-                    "with": "early stopping on the validation loss",
+                    "train_samples_now": n_train,
+                    "to_halve_the_gap": 4 * n_train,
+                    "augmentation": "counts too",
                 },
             )
         )
-    if verdict == "underfit":
-        out.append(
-            Remedy(
-                action="more capacity (wider or deeper)",
-                why=f"the model gains only {pct(splits['validation'].gain)} over a naive baseline, on train too",
-                setting={"width_factor": [2, 4], "or": "one more hidden layer"},
-            )
+    out.append(
+        Remedy(
+            action="reduce capacity (fewer units or channels)",
+            why="a model much larger than the data needs memorizes it",
+            setting={
+                "width_factor": 0.5,
+                "next_step": "structured pruning + distillation (onnxsmith prune/distill jobs, planned)",
+            },
         )
-        tabular = len(info.inputs) == 1 and len(info.inputs[0].shape or []) == 2
-        width = (info.inputs[0].shape or [None, None])[1] if tabular else None
-        out.append(
-            Remedy(
-                action="more or better features",
-                why="a model that cannot beat the baseline on its own training data may lack the information",
-                setting={"polynomial_degree": 2, "interactions": True, "input_features": width}
-                if tabular and isinstance(width, int) and width <= 50
-                else {"note": "add informative inputs; check the inputs are scaled"},
-            )
-        )
-        out.append(
-            Remedy(
-                action="less regularization",
-                why="under-fitting models are often held back by weight decay or dropout",
-                setting={"weight_decay": "divide by 10", "dropout": "lower or remove"},
-            )
-        )
-    if verdict == "inconclusive" and gap is not None:
-        n_val = splits["validation"].samples
-        acc = splits["validation"].metrics.get(primary) or 0.5
-        half = 0.025 * max(abs(splits["train"].metrics.get(primary) or 1.0), 1e-9)
-        needed = math.ceil(1.96**2 * max(acc * (1 - acc), 0.01) / half**2) if primary == "accuracy" else None
-        out.append(
-            Remedy(
-                action="a larger validation set",
-                why=f"the {primary} interval on {n_val} validation samples is too wide to decide",
-                setting={"validation_samples_now": n_val, "for_2.5pt_half_width": needed}
-                if needed
-                else {"validation_samples_now": n_val},
-            )
-        )
+    )
     return out
+
+
+def _more_epochs(history: HistoryAnalysis) -> Remedy:
+    return Remedy(
+        action="train for more epochs",
+        why=f"both losses still fall at epoch {history.epochs}",
+        setting={
+            "epochs": [history.epochs * 2, history.epochs * 3],
+            "with": "early stopping on the validation loss",
+        },
+    )
+
+
+def _against_underfitting(splits: dict[str, SplitResult], info: ModelInfo) -> list[Remedy]:
+    out: list[Remedy] = []
+    out.append(
+        Remedy(
+            action="more capacity (wider or deeper)",
+            why=f"the model gains only {pct(splits['validation'].gain)} over a naive baseline, on train too",
+            setting={"width_factor": [2, 4], "or": "one more hidden layer"},
+        )
+    )
+    tabular = len(info.inputs) == 1 and len(info.inputs[0].shape or []) == 2
+    width = (info.inputs[0].shape or [None, None])[1] if tabular else None
+    out.append(
+        Remedy(
+            action="more or better features",
+            why="a model that cannot beat the baseline on its own training data may lack the information",
+            setting={"polynomial_degree": 2, "interactions": True, "input_features": width}
+            if tabular and isinstance(width, int) and width <= 50
+            else {"note": "add informative inputs; check the inputs are scaled"},
+        )
+    )
+    out.append(
+        Remedy(
+            action="less regularization",
+            why="under-fitting models are often held back by weight decay or dropout",
+            setting={"weight_decay": "divide by 10", "dropout": "lower or remove"},
+        )
+    )
+    return out
+
+
+def _larger_validation(primary: str, splits: dict[str, SplitResult]) -> Remedy:
+    n_val = splits["validation"].samples
+    acc = splits["validation"].metrics.get(primary) or 0.5
+    half = 0.025 * max(abs(splits["train"].metrics.get(primary) or 1.0), 1e-9)
+    needed = math.ceil(1.96**2 * max(acc * (1 - acc), 0.01) / half**2) if primary == "accuracy" else None
+    return Remedy(
+        action="a larger validation set",
+        why=f"the {primary} interval on {n_val} validation samples is too wide to decide",
+        setting={"validation_samples_now": n_val, "for_2.5pt_half_width": needed}
+        if needed
+        else {"validation_samples_now": n_val},
+    )

@@ -16,6 +16,16 @@ def num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+class _Notes:
+    """The evidence as it is found, and what each piece points to."""
+
+    def __init__(self) -> None:
+        self.items: list[Evidence] = []
+
+    def __call__(self, code: str, points_to: str, text: str) -> None:
+        self.items.append(Evidence(code=code, points_to=points_to, text=text))
+
+
 def decide(
     task: str,
     primary: str,
@@ -26,11 +36,8 @@ def decide(
     p: DiagnoseParams,
     identical: bool,
 ) -> tuple[Verdict, str, list[Evidence]]:
-    ev: list[Evidence] = []
-
-    def note(code: str, points_to: str, text: str) -> None:
-        ev.append(Evidence(code=code, points_to=points_to, text=text))  # type: ignore[arg-type]
-
+    """The verdict, a one-line summary and the evidence, by the documented thresholds of DiagnoseParams."""
+    note = _Notes()
     tr, va = splits["train"], splits["validation"]
     small = [r for r, s in splits.items() if s.samples < p.min_samples]
     if small:
@@ -42,9 +49,21 @@ def decide(
         )
     if identical:
         note("same_data", "inconclusive", "train and validation are the same data")
-    overfit = underfit = straddle = False
-    learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
     onset = history is not None and history.overfit_onset_epoch is not None
+    overfit, straddle = _gap_evidence(note, primary, tr, va, gap, p, onset)
+    underfit = _gain_evidence(note, task, primary, tr, va, p)
+    _history_evidence(note, history, tr)
+    _weights_evidence(note, weights)
+    verdict = _verdict(note, bool(small) or identical, overfit, underfit, straddle)
+    return verdict, _summary(verdict, primary, tr, va, gap, note.items), note.items
+
+
+def _gap_evidence(
+    note: _Notes, primary: str, tr: SplitResult, va: SplitResult, gap: Gap | None, p: DiagnoseParams, onset: bool
+) -> tuple[bool, bool]:
+    """What the train/validation gap says: (overfit, straddles the threshold)."""
+    overfit = straddle = False
+    learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
     if gap is not None and gap.relative is not None and not learned:
         note(
             "gap_of_an_unfit_model",
@@ -54,7 +73,7 @@ def decide(
             "overfitting",
         )
     elif gap is not None and gap.relative is not None:
-        lo, hi = gap.relative_ci95 or [None, None]
+        lo, hi = (gap.relative_ci95[0], gap.relative_ci95[1]) if gap.relative_ci95 else (None, None)
         text = (
             f"{primary} falls from {num(tr.metrics[primary])} on train to {num(va.metrics[primary])} on validation: "
             f"a relative gap of {pct(gap.relative)}"
@@ -88,6 +107,12 @@ def decide(
             )
         else:
             note("small_gap", "good_fit", text + f"; below the {pct(p.overfit_relative_gap)} threshold")
+    return overfit, straddle
+
+
+def _gain_evidence(note: _Notes, task: str, primary: str, tr: SplitResult, va: SplitResult, p: DiagnoseParams) -> bool:
+    """What the gain over the naive baseline and the train target say: underfit or not."""
+    underfit = False
     if va.gain is not None and tr.gain is not None:
         text = (
             f"gain over the naive baseline ({'most frequent class' if task == 'classification' else 'the mean'}): "
@@ -109,28 +134,36 @@ def decide(
             "underfit",
             f"{primary} on train {num(tr.metrics[primary])} is below the target {p.train_target}",
         )
-    if history is not None:
-        if history.overfit_onset_epoch is not None:
-            note(
-                "history_onset",
-                "overfit",
-                f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
-                "rises afterwards while training loss keeps falling",
-            )
-        if history.still_improving:
-            note(
-                "history_still_improving",
-                "underfit",
-                "training and validation loss are both still falling at the last epoch "
-                f"({history.epochs}): more epochs would help",
-            )
-        if history.plateaued and tr.gain is not None and tr.gain <= 0.5:
-            note(
-                "history_plateau_low",
-                "underfit",
-                "both losses have flattened while train performance is low: more capacity or better "
-                "features, not more epochs",
-            )
+    return underfit
+
+
+def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitResult) -> None:
+    if history is None:
+        return
+    if history.overfit_onset_epoch is not None:
+        note(
+            "history_onset",
+            "overfit",
+            f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
+            "rises afterwards while training loss keeps falling",
+        )
+    if history.still_improving:
+        note(
+            "history_still_improving",
+            "underfit",
+            "training and validation loss are both still falling at the last epoch "
+            f"({history.epochs}): more epochs would help",
+        )
+    if history.plateaued and tr.gain is not None and tr.gain <= 0.5:
+        note(
+            "history_plateau_low",
+            "underfit",
+            "both losses have flattened while train performance is low: more capacity or better "
+            "features, not more epochs",
+        )
+
+
+def _weights_evidence(note: _Notes, weights: list[dict[str, Any]] | None) -> None:
     for w in weights or []:
         if w.get("flag"):
             note(
@@ -139,7 +172,9 @@ def decide(
                 f"layer {w['layer']}: spectral alpha {w['alpha']:.2f} ({w['flag']}; supporting evidence only)",
             )
 
-    if small or identical:
+
+def _verdict(note: _Notes, undecidable: bool, overfit: bool, underfit: bool, straddle: bool) -> Verdict:
+    if undecidable:
         verdict: Verdict = "inconclusive"
     elif overfit and underfit:
         verdict = "inconclusive"
@@ -152,6 +187,12 @@ def decide(
         verdict = "inconclusive"
     else:
         verdict = "good_fit"
+    return verdict
+
+
+def _summary(
+    verdict: Verdict, primary: str, tr: SplitResult, va: SplitResult, gap: Gap | None, ev: list[Evidence]
+) -> str:
     rel = pct(gap.relative if gap else None)
     summaries = {
         "overfit": f"Overfit: {primary} is {rel} lower on validation than on train, beyond what chance explains.",
@@ -161,4 +202,4 @@ def decide(
         f"{pct(va.gain)} of the way from the naive baseline to perfect.",
         "inconclusive": "Inconclusive: " + "; ".join(e.text for e in ev if e.points_to == "inconclusive")[:400] + ".",
     }
-    return verdict, summaries[verdict], ev
+    return summaries[verdict]

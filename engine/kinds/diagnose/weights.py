@@ -73,7 +73,7 @@ def hidden_layers(path: Path) -> list[str]:
 def weight_alphas(path: Path) -> list[dict[str, Any]]:
     model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for node in model.graph.node:
         if node.op_type not in WEIGHT_OPS:
             continue

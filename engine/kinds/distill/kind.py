@@ -192,11 +192,7 @@ class Distill(Kind[DistillParams, DistillReport]):
             module, output, classification, params.temperature, params.alpha if train.labels is not None else 0.0
         )
         params_list = module.parameters()
-        opt = (
-            torch.optim.AdamW(params_list, lr=params.learning_rate, weight_decay=params.weight_decay)
-            if params.optimizer == "adamw"
-            else torch.optim.SGD(params_list, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay)
-        )
+        opt = _optimizer(params_list, params)
         evaluation = _eval_split(ctx)
         before = _student_metric(student, ctx.scratch / "student.untrained.onnx", evaluation, output)
         trained = distiller.fit(opt, train, val, params=params, progress=ctx.progress)
@@ -214,15 +210,7 @@ class Distill(Kind[DistillParams, DistillReport]):
                 f"ONNX Runtime on the trained student differs from the training interpreter by {difference:.3g}",
             )
         out_info = check_and_inspect(str(dst))
-        curves = None
-        if trained.history["loss"]:
-            curves = analyse_history(
-                {k: [math.nan if v is None else v for v in vals] for k, vals in trained.history.items()},
-                warnings,
-                monitor=params.monitor if params.monitor in trained.history else None,
-                min_delta=params.min_delta,
-                patience=params.patience,
-            ).model_dump(mode="json")
+        curves = _curves(trained.history, params, warnings)
         comparison = compare(
             inputs.model_path,
             str(dst),
@@ -268,6 +256,29 @@ class Distill(Kind[DistillParams, DistillReport]):
             model_info=out_info.model_dump(mode="json"),
         )
         return Outcome(report, [artifact])
+
+
+def _optimizer(trainable: list[Any], params: DistillParams) -> Any:
+    import torch
+
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    return torch.optim.SGD(trainable, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay)
+
+
+def _curves(
+    history: dict[str, list[float | None]], params: DistillParams, warnings: list[str]
+) -> dict[str, Any] | None:
+    """The training history read by the shared learning-curve analysis (what diagnose does with a history)."""
+    if not history["loss"]:
+        return None
+    return analyse_history(
+        {k: [math.nan if v is None else v for v in vals] for k, vals in history.items()},
+        warnings,
+        monitor=params.monitor if params.monitor in history else None,
+        min_delta=params.min_delta,
+        patience=params.patience,
+    ).model_dump(mode="json")
 
 
 def _student(

@@ -126,9 +126,16 @@ class OnnxModule:
                     env[name] = value
         return {name: env[name] for name in self.outputs}
 
-    def _run(self, node: onnx.NodeProto, x: list[Any]) -> list[Any]:  # noqa: C901 - one branch per op
-        torch, F = self.torch, self.torch.nn.functional
-        op, a = node.op_type, _attrs(node)
+    def _run(self, node: onnx.NodeProto, x: list[Any]) -> list[Any]:
+        for group in (self._compute, self._elementwise, self._shapes):
+            out = group(node, x, _attrs(node))
+            if out is not None:
+                return out
+        raise EngineError(ErrorCode.UNSUPPORTED_OP, f"{node.op_type} is not supported by the training interpreter")
+
+    def _compute(self, node: onnx.NodeProto, x: list[Any], a: dict[str, Any]) -> list[Any] | None:
+        """Ops with weights, reductions and normalizations. None: not one of them."""
+        torch, F, op = self.torch, self.torch.nn.functional, node.op_type
         if op == "Gemm":
             A, B = x[0], x[1]
             if a.get("transA", 0):
@@ -151,7 +158,7 @@ class OnnxModule:
             pads = _pads(a.get("pads"), rank)
             inp = x[0]
             if any(pads[d] != pads[d + rank] for d in range(rank)):
-                inp, pad = F.pad(inp, _torch_pad(pads)), 0
+                inp, pad = F.pad(inp, _torch_pad(pads)), [0] * rank
             else:
                 pad = pads[:rank]
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
@@ -161,22 +168,6 @@ class OnnxModule:
             ]  # fmt: skip
         if op == "BatchNormalization":
             return [F.batch_norm(x[0], x[3], x[4], x[1], x[2], training=False, eps=a.get("epsilon", 1e-5))]
-        if op == "Relu":
-            return [F.relu(x[0])]
-        if op == "LeakyRelu":
-            return [F.leaky_relu(x[0], a.get("alpha", 0.01))]
-        if op == "Sigmoid":
-            return [torch.sigmoid(x[0])]
-        if op == "Tanh":
-            return [torch.tanh(x[0])]
-        if op == "Gelu":
-            approx = a.get("approximate", b"none")
-            return [F.gelu(x[0], approximate="tanh" if approx in (b"tanh", "tanh") else "none")]
-        if op == "Erf":
-            return [torch.erf(x[0])]
-        if op in ("Softmax", "LogSoftmax"):
-            fn = F.softmax if op == "Softmax" else F.log_softmax
-            return [fn(x[0], dim=a.get("axis", -1))]
         if op in ("MaxPool", "AveragePool"):
             k = a["kernel_shape"]
             rank = len(k)
@@ -195,6 +186,59 @@ class OnnxModule:
             ]
         if op == "GlobalAveragePool":
             return [x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True)]
+        if op == "ReduceMean":
+            axes = a.get("axes")
+            if axes is None and len(x) > 1 and x[1] is not None:
+                axes = [int(v) for v in x[1].tolist()]
+            dims = tuple(axes) if axes else tuple(range(x[0].dim()))
+            return [x[0].mean(dim=dims, keepdim=bool(a.get("keepdims", 1)))]
+        if op == "LayerNormalization":
+            axis = a.get("axis", -1) % x[0].dim()
+            shape = x[0].shape[axis:]
+            bias = x[2] if len(x) > 2 else None
+            return [F.layer_norm(x[0], shape, x[1], bias, a.get("epsilon", 1e-5))]
+        return None
+
+    def _elementwise(self, node: onnx.NodeProto, x: list[Any], a: dict[str, Any]) -> list[Any] | None:
+        """Element-wise ops. None: not one of them."""
+        torch, F, op = self.torch, self.torch.nn.functional, node.op_type
+        if op == "Relu":
+            return [F.relu(x[0])]
+        if op == "LeakyRelu":
+            return [F.leaky_relu(x[0], a.get("alpha", 0.01))]
+        if op == "Sigmoid":
+            return [torch.sigmoid(x[0])]
+        if op == "Tanh":
+            return [torch.tanh(x[0])]
+        if op == "Gelu":
+            approx = a.get("approximate", b"none")
+            return [F.gelu(x[0], approximate="tanh" if approx in (b"tanh", "tanh") else "none")]
+        if op == "Erf":
+            return [torch.erf(x[0])]
+        if op in ("Softmax", "LogSoftmax"):
+            fn = F.softmax if op == "Softmax" else F.log_softmax
+            return [fn(x[0], dim=a.get("axis", -1))]
+        if op == "Clip":
+            lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+            hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+            return [torch.clamp(x[0], min=lo, max=hi)]
+        if op == "Sqrt":
+            return [torch.sqrt(x[0])]
+        if op == "Neg":
+            return [-x[0]]
+        if op == "Exp":
+            return [torch.exp(x[0])]
+        if op == "Log":
+            return [torch.log(x[0])]
+        if op == "Cast":
+            if a["to"] != onnx.TensorProto.FLOAT:
+                raise EngineError(ErrorCode.UNSUPPORTED_OP, f"Cast {node.name!r} to a type other than float")
+            return [x[0].float()]
+        return None
+
+    def _shapes(self, node: onnx.NodeProto, x: list[Any], a: dict[str, Any]) -> list[Any] | None:
+        """Ops that move or make data without computing on it. None: not one of them."""
+        torch, op = self.torch, node.op_type
         if op == "Flatten":
             axis = a.get("axis", 1)
             return [x[0].reshape(int(np.prod(x[0].shape[:axis])), -1)]
@@ -208,21 +252,11 @@ class OnnxModule:
             return [x[0].permute(*perm)]
         if op == "Concat":
             return [torch.cat([t for t in x if t is not None], dim=a["axis"])]
-        if op == "ReduceMean":
-            axes = a.get("axes")
-            if axes is None and len(x) > 1 and x[1] is not None:
-                axes = [int(v) for v in x[1].tolist()]
-            dims = tuple(axes) if axes else tuple(range(x[0].dim()))
-            return [x[0].mean(dim=dims, keepdim=bool(a.get("keepdims", 1)))]
         if op in ("Identity", "Dropout"):
             return [x[0]] + ([None] if len(node.output) > 1 else [])
         if op == "Constant":
             value = numpy_helper.to_array(a["value"]) if "value" in a else np.array(a.get("value_float", 0.0))
             return [torch.from_numpy(np.array(value, copy=True))]
-        if op == "Clip":
-            lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
-            hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
-            return [torch.clamp(x[0], min=lo, max=hi)]
         if op in ("Squeeze", "Unsqueeze"):
             axes = a.get("axes")
             if axes is None and len(x) > 1 and x[1] is not None:
@@ -233,28 +267,12 @@ class OnnxModule:
                 for d in sorted((d % t.dim() for d in dims), reverse=True):
                     t = t.squeeze(d)
                 return [t]
-            rank = t.dim() + len(axes)
-            for d in sorted(d % rank for d in axes):
+            added = list(axes or [])
+            rank = t.dim() + len(added)
+            for d in sorted(d % rank for d in added):
                 t = t.unsqueeze(d)
             return [t]
-        if op == "LayerNormalization":
-            axis = a.get("axis", -1) % x[0].dim()
-            shape = x[0].shape[axis:]
-            bias = x[2] if len(x) > 2 else None
-            return [F.layer_norm(x[0], shape, x[1], bias, a.get("epsilon", 1e-5))]
-        if op == "Sqrt":
-            return [torch.sqrt(x[0])]
-        if op == "Neg":
-            return [-x[0]]
-        if op == "Exp":
-            return [torch.exp(x[0])]
-        if op == "Log":
-            return [torch.log(x[0])]
-        if op == "Cast":
-            if a["to"] != onnx.TensorProto.FLOAT:
-                raise EngineError(ErrorCode.UNSUPPORTED_OP, f"Cast {node.name!r} to a type other than float")
-            return [x[0].float()]
-        raise EngineError(ErrorCode.UNSUPPORTED_OP, f"{op} is not supported by the training interpreter")
+        return None
 
 
 def max_disagreement(model_path: str, module: OnnxModule, feeds: dict[str, np.ndarray]) -> float:

@@ -73,7 +73,8 @@ class _Runner:
     def model(self, chain: list[Step], progress: Progress) -> tuple[Path, list[StepSummary], ModelInfo]:
         """The model at the end of `chain`, the summaries of its steps and its inspection; raises the first failed
         step's error. A step's failure is remembered like its success, so chains sharing it do not run it again."""
-        path, summaries, info = Path(self.inputs.model_path), [], self.inputs.model_info
+        path, info = Path(self.inputs.model_path), self.inputs.model_info
+        summaries: list[StepSummary] = []
         for i, step in enumerate(chain):
             key = tuple(s.key for s in chain[: i + 1])
             if key not in self.done:

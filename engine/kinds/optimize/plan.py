@@ -20,7 +20,8 @@ from engine.measure.comparison import Comparison
 from engine.select.goal import Goal
 from engine.select.trial import Trial, best
 
-METHODS = ("simplify", "quantize", "prune", "distill")
+Method = Literal["simplify", "quantize", "prune", "distill"]
+METHODS: tuple[Method, ...] = ("simplify", "quantize", "prune", "distill")
 # The smallest budget worth starting: a diagnosis and one measured trial of a tiny model take about this long.
 MIN_SECONDS = 15.0
 # Inference throughput assumed by that floor (optimistic, so only hopeless budgets are refused).

@@ -69,7 +69,9 @@ def sensitivity_prune(
     base_macs = describe(original).macs_per_sample or 0
     layers = [(node.name or node.output[0], weight) for node, weight, *_ in producers(Graph(original))]
     layers = [(n, w) for n, w in layers if w not in params.exclude and n not in params.exclude]
-    scan, alone, seen_alone = [], [], set()
+    scan: list[dict[str, Any]] = []
+    alone: list[dict[str, Any]] = []
+    seen_alone: set[str] = set()
     trial = tmp / "sensitivity.onnx"
 
     def build(ratios: dict[str, float]) -> tuple[onnx.ModelProto, list, list]:

@@ -356,7 +356,7 @@ class Search:
         k = 1
         while ranked and self.budget_left() is None:
             excluded = already + ranked[:k]
-            config = {
+            config: dict[str, Any] = {
                 key: target.config[key]
                 for key in ("mode", "activation_type", "per_channel", "quant_format", "pre_process")
                 if key in target.config

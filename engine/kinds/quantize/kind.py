@@ -110,7 +110,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
         reader, feeds = _calibration(ctx, params, batch)
         evaluation = eval_data(ctx.inputs, params.eval_max_samples, forced or 64, ctx.warnings)
 
-        auto, mode = None, params.mode
+        auto, mode = None, str(params.mode)
         if params.mode == "auto":
             auto, chosen = _auto(ctx, params, reader, evaluation, dst, batch)
             mode, config, seconds = chosen.mode, chosen.config, chosen.quantization_seconds or 0.0

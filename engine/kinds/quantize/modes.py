@@ -107,52 +107,67 @@ def pre_process(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def _fp16(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(
+        onnx.load(str(src)),
+        keep_io_types=params.keep_io_types,
+        op_block_list=params.op_block_list or None,
+        node_block_list=params.nodes_to_exclude or None,
+    )
+    drop_fp16_round_trips(model)
+    toposort(model.graph)  # the converter appends its input Casts at the end of the node list
+    onnx.save(model, str(dst))
+    return {
+        "keep_io_types": params.keep_io_types,
+        "op_block_list": params.op_block_list,
+        "nodes_to_exclude": params.nodes_to_exclude,
+    }
+
+
+def _dynamic(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_dynamic
+
+    op_types = params.op_types or ["MatMul", "Gemm"]
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=op_types,
+        per_channel=bool(params.per_channel),
+        reduce_range=params.reduce_range,
+        weight_type=_qtype(params.weight_type),
+        nodes_to_exclude=params.nodes_to_exclude or None,
+    )
+    return {
+        "weight_type": params.weight_type,
+        "per_channel": bool(params.per_channel),
+        "reduce_range": params.reduce_range,
+        "op_types": op_types,
+        "nodes_to_exclude": params.nodes_to_exclude,
+    }
+
+
 def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader | None, tmp: Path) -> dict[str, Any]:
     """Run ORT's quantizer (or the fp16 converter); returns the configuration used."""
-    from onnxruntime.quantization import (  # import before onnxruntime.transformers (it edits sys.path)
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    import onnxruntime.quantization  # noqa: F401 - before onnxruntime.transformers (it edits sys.path)
 
-    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     if params.mode == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = convert_float_to_float16(
-            onnx.load(str(src)),
-            keep_io_types=params.keep_io_types,
-            op_block_list=params.op_block_list or None,
-            node_block_list=params.nodes_to_exclude or None,
-        )
-        drop_fp16_round_trips(model)
-        toposort(model.graph)  # the converter appends its input Casts at the end of the node list
-        onnx.save(model, str(dst))
-        return {
-            "keep_io_types": params.keep_io_types,
-            "op_block_list": params.op_block_list,
-            "nodes_to_exclude": params.nodes_to_exclude,
-        }
+        return _fp16(src, dst, params)
     if params.mode == "dynamic":
-        config = {
-            "weight_type": params.weight_type,
-            "per_channel": bool(params.per_channel),
-            "reduce_range": params.reduce_range,
-            "op_types": params.op_types or ["MatMul", "Gemm"],
-            "nodes_to_exclude": params.nodes_to_exclude,
-        }
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=config["op_types"],
-            per_channel=config["per_channel"],
-            reduce_range=params.reduce_range,
-            weight_type=qtype[params.weight_type],
-            nodes_to_exclude=params.nodes_to_exclude or None,
-        )
-        return config
+        return _dynamic(src, dst, params)
+    return _static(src, dst, params, reader, tmp)
+
+
+def _static(src: Path, dst: Path, params: QuantizeParams, reader: Reader | None, tmp: Path) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
     assert reader is not None
     reader.rewind()  # the same reader serves every static trial of an auto search
     source, skipped = src, None
@@ -177,7 +192,7 @@ def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader 
     if params.calibration_method == "percentile":
         method = CalibrationMethod.Percentile
         extra["CalibPercentile"] = params.percentile
-    config = {
+    config: dict[str, Any] = {
         "quant_format": params.quant_format,
         "activation_type": params.activation_type,
         "weight_type": params.weight_type,
@@ -202,8 +217,8 @@ def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader 
         op_types_to_quantize=params.op_types,
         per_channel=per_channel,
         reduce_range=params.reduce_range,
-        activation_type=qtype[params.activation_type],
-        weight_type=qtype[params.weight_type],
+        activation_type=_qtype(params.activation_type),
+        weight_type=_qtype(params.weight_type),
         nodes_to_exclude=params.nodes_to_exclude or None,
         calibrate_method=method,
         extra_options=extra,

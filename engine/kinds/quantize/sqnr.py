@@ -51,7 +51,7 @@ def layer_errors(float_path: Path, qdq_path: Path, feeds: dict[str, np.ndarray],
             for name, e in errors.items()
             if "xmodel_err" in e
         ),
-        key=lambda r: r["sqnr_db"],
+        key=lambda r: float(r["sqnr_db"]),  # type: ignore[arg-type]  # the rows' values are numbers or names
     )
     matching = create_weight_matching(str(float_path), str(qdq_path))
     nonzero = {k: v for k, v in matching.items() if np.any(v["float"])}  # an all-zero tensor is exact
