@@ -114,17 +114,18 @@ def _stop(proc: Any) -> None:
 
 @app.command()
 def worker(
-    queues: str = typer.Option("default,measure", help="Comma-separated queues to consume"),
+    queues: str | None = typer.Option(None, help="Comma-separated queues to consume (default: all of them)"),
     concurrency: int = typer.Option(1, help="Parallel jobs; keep 1 for the measure queue (speed measurements)"),
     loglevel: str = typer.Option("INFO", help="Celery log level"),
     hostname: str | None = typer.Option(None, help="Node name (default celery@<host>); unique per machine"),
 ) -> None:
     """Start a Celery worker (ONNXSMITH_BROKER_URL, ONNXSMITH_DATABASE_URL, ONNXSMITH_STORAGE_URL)."""
+    from engine.core.kind import QUEUES
     from workers.celery_app import app as celery_app
 
     argv = [
         "worker",
-        f"--queues={queues}",
+        f"--queues={queues or ','.join(QUEUES)}",
         f"--concurrency={concurrency}",
         f"--loglevel={loglevel}",
         # threads: the work itself runs in sandboxed child processes forked from a preloaded forkserver

@@ -50,5 +50,10 @@ def _transport_options(settings: Settings, visibility: int) -> dict:
         folder = settings.broker_folder
         folder.mkdir(parents=True, exist_ok=True)
         # one folder in and out: API and worker processes on this machine share it
-        return {"data_folder_in": str(folder), "data_folder_out": str(folder), "polling_interval": 0.1}
+        return {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),  # exchange tables: not in the current folder
+            "polling_interval": 0.1,
+        }
     return {}  # e.g. sqla+: that transport hands its options to create_engine

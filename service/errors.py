@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.core.errors import EngineError
@@ -86,6 +90,34 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+DATABASE_DOWN = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+RETRY_AFTER_S = 5
+OUTAGE_GAP_S = 30.0  # this long without a database error ends an outage (its errors are logged once)
+
+
+class _Outage:
+    """Database errors logged once per outage (the first with its cause, then a count), not a traceback each."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = 0.0
+        self.count = 0
+
+    def record(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self.lock:
+            new = now - self.last > OUTAGE_GAP_S
+            if new and self.count > 1:
+                log.warning("the database outage before this one answered %d requests with 503", self.count)
+            self.count = 1 if new else self.count + 1
+            self.last = now
+        if new:
+            log.error("database unavailable, answering 503 until it is back: %s", str(exc).splitlines()[0][:300])
+
+
+_outage = _Outage()
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -127,6 +159,21 @@ def install_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             headers=getattr(exc, "headers", None),
         )
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        _outage.record(exc)
+        return problem(
+            503,
+            "database-unavailable",
+            "Database unavailable",
+            f"the database cannot be reached: retry in {RETRY_AFTER_S} s (a job submission with the same "
+            "Idempotency-Key)",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

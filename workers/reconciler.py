@@ -4,8 +4,10 @@ Every worker process runs it every `reconcile_interval_s` (with jitter); all its
 UPDATEs, so several reconcilers at once are harmless (at worst a duplicate message, which is a no-op).
 - A running job whose heartbeat is older than the lease lost its worker: it is re-queued and re-sent, or
   failed with worker_lost once it used its deliveries.
-- A queued job whose message is older than `requeue_after_s` while its queue is empty has lost its message
-  (e.g. Redis restarted without persistence, or the embedded worker stopped mid-job): it is re-sent.
+- A queued job whose message is older than `requeue_after_s` and that no worker claimed may have lost its message
+  (Redis restarted without persistence, the embedded worker stopped mid-job, a worker took the message while the
+  database was down): it is re-sent when its queue is empty, and once (its stage says so) when the queue is busy —
+  under steady load the queue is never empty, and a duplicate message is a no-op.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from workers.runner import Context, context, transaction, worker_lost_detail
 log = logging.getLogger("onnxsmith.reconciler")
 
 
-def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
+def reconcile_once(app: Any, ctx: Context | None = None, enqueuer: Any = None) -> dict[str, int]:
     ctx = ctx or context()
-    enqueuer = Enqueuer(app)
+    enqueuer = enqueuer or Enqueuer(app)
     s = ctx.settings
     lease = timedelta(seconds=s.job_lease_s)
     counts = {"requeued": 0, "worker_lost": 0, "resent": 0}
@@ -45,19 +47,25 @@ def reconcile_once(app: Any, ctx: Context | None = None) -> dict[str, int]:
             counts["requeued"] += 1
             log.warning("job %s: worker stopped responding during attempt %d; re-queued", job_id, attempt)
     with transaction(ctx) as db:
-        waiting = [(j.id, j.kind) for j in repo.waiting_since(db, older_than=timedelta(seconds=s.requeue_after_s))]
+        older = timedelta(seconds=s.requeue_after_s)
+        waiting = [(j.id, j.kind, j.stage) for j in repo.waiting_since(db, older_than=older)]
     depths: dict[str, int] = {}
-    for job_id, kind in waiting:
+    for job_id, kind, stage in waiting:
         queue = get_kind(kind).queue
         if queue not in depths:
             depths[queue] = enqueuer.queue_depth(queue)
-        if depths[queue] > 0:
-            continue  # its message may still be waiting in the queue
+        busy = depths[queue] > 0
+        if busy and stage == repo.RESENT_STAGE:
+            continue  # re-sent once already while the queue was busy: that message is waiting its turn
         with transaction(ctx) as db:
-            repo.mark_enqueued(db, job_id)
+            repo.mark_enqueued(db, job_id, stage=repo.RESENT_STAGE if busy else None)
         enqueuer.send(kind=kind, job_id=job_id)
         counts["resent"] += 1
-        log.warning("job %s was queued with no message in %s; sent again", job_id, queue)
+        if busy:
+            log.warning("job %s was queued and unclaimed for %.0f s while %s is busy; sent again once", job_id,
+                        s.requeue_after_s, queue)  # fmt: skip
+        else:
+            log.warning("job %s was queued with no message in %s; sent again", job_id, queue)
     return counts
 
 

@@ -103,8 +103,13 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
     ctx = context()
     s = ctx.settings
     lease = timedelta(seconds=s.job_lease_s)
-    with transaction(ctx) as db:
-        attempt = repo.claim(db, job_id, lease=lease, max_attempts=s.job_max_attempts)
+    try:
+        with transaction(ctx) as db:
+            attempt = repo.claim(db, job_id, lease=lease, max_attempts=s.job_max_attempts)
+    except TRANSIENT as exc:  # the database is unreachable: keep a message for the job (a retry), never drop it
+        countdown = min(60, 2 ** min(task.request.retries, 6))
+        log.warning("job %s: could not claim it (%s); trying again in %d s", job_id, type(exc).__name__, countdown)
+        raise task.retry(countdown=countdown, exc=exc) from exc
     if attempt is None:
         _not_claimed(ctx, job_id, lease, task)
         return

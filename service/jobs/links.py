@@ -44,6 +44,6 @@ def make_token(key: bytes, job_id: str, tenant_id: str, ttl_s: int, now: float |
 
 def check_token(key: bytes, job_id: str, tenant_id: str, token: str, now: float | None = None) -> bool:
     expires_s, _, sig = token.partition(".")
-    if not expires_s.isdigit() or int(expires_s) < (now or time.time()):
+    if not (expires_s.isascii() and expires_s.isdigit()) or int(expires_s) < (now or time.time()):  # "²" isdigit
         return False
     return hmac.compare_digest(sig, _signature(key, job_id, tenant_id, int(expires_s)))

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from engine.core.errors import ErrorCode
 from service.db import utcnow
 from service.jobs.tables import Job
 
@@ -80,7 +81,7 @@ def give_up(db: Session, job_id: str, *, lease: timedelta, max_attempts: int, de
             [lost, Job.attempts >= max_attempts],
             {
                 "status": "failed",
-                "error_code": "worker_lost",
+                "error_code": ErrorCode.WORKER_LOST.value,
                 "error_detail": detail,
                 "finished_at": now,
                 "stage": "failed",
@@ -140,8 +141,11 @@ def cancel(db: Session, *, tenant_id: str, job_id: str) -> bool:
     )
 
 
-def mark_enqueued(db: Session, job_id: str) -> None:
-    _update(db, job_id, [], {"enqueued_at": utcnow()})
+RESENT_STAGE = "queued: its message was sent again"
+
+
+def mark_enqueued(db: Session, job_id: str, *, stage: str | None = None) -> None:
+    _update(db, job_id, [Job.status == "queued"], {"enqueued_at": utcnow()} | ({"stage": stage} if stage else {}))
 
 
 def lost_running(db: Session, *, lease: timedelta, limit: int = 100) -> list[Job]:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.core.errors import EngineError, ErrorCode
@@ -52,15 +53,7 @@ def submit(
     if idempotency_key is not None:
         existing = repo.get_by_idempotency_key(db, tenant_id=tenant_id, key=idempotency_key)
         if existing is not None:
-            if existing.request_hash != request_hash:
-                raise AppError(
-                    409,
-                    "idempotency-key-reused",
-                    "this Idempotency-Key was used with a different request body",
-                    title="Idempotency key reused",
-                    extra={"job_id": existing.id},
-                )
-            return existing, False
+            return _replay(existing, request_hash), False
     kind, params = _checked_params(body, settings)
     model, roles = _checked_inputs(db=db, settings=settings, tenant_id=tenant_id, body=body, kind=kind, params=params)
     fleet.check_capable(
@@ -81,8 +74,28 @@ def submit(
         request_hash=request_hash,
         enqueued_at=utcnow(),
     )
-    repo.add(db, job)
+    try:
+        with db.begin_nested():
+            repo.add(db, job)
+    except IntegrityError:  # the same Idempotency-Key sent concurrently: the first one's job is the answer
+        existing = repo.get_by_idempotency_key(db, tenant_id=tenant_id, key=idempotency_key or "")
+        if idempotency_key is None or existing is None:
+            raise
+        return _replay(existing, request_hash), False
     return job, True
+
+
+def _replay(existing: Job, request_hash: str) -> Job:
+    """The job an Idempotency-Key already made, if the body is the same; 409 if it is not."""
+    if existing.request_hash != request_hash:
+        raise AppError(
+            409,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used with a different request body",
+            title="Idempotency key reused",
+            extra={"job_id": existing.id},
+        )
+    return existing
 
 
 def _invalid(detail: str) -> AppError:

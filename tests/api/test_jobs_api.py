@@ -249,3 +249,97 @@ def test_a_default_budget_above_the_job_limit_is_shrunk_below_it(settings, auth,
         assert r.json()["params"]["max_seconds"] == 480  # 0.8 x the limit, room to measure the choice
         r = c.post("/v1/jobs", headers=auth, json={**body, "params": {"max_seconds": 700}})
         assert r.status_code == 422 and "job time limit" in r.json()["detail"]
+
+
+def test_the_same_idempotency_key_sent_concurrently_gets_the_replay(settings, setup, db) -> None:
+    """The second of two concurrent submits with one key waits on the unique index, then answers the first one's
+    job as a replay (it used to be a 500 UniqueViolation)."""
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    from service.db import make_engine, make_session_factory
+    from service.jobs import service as jobs
+    from service.jobs.schemas import JobCreate
+    from service.jobs.tables import Job
+    from service.model_files.tables import ModelFile
+
+    tenant_id = db.get(ModelFile, setup["model"]).tenant_id
+    body = JobCreate.model_validate(
+        {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    )
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    first, second = sessions(), sessions()
+    job, created = jobs.submit(db=first, settings=settings, tenant_id=tenant_id, body=body, idempotency_key="race")
+    result: dict = {}
+
+    def submit_concurrently() -> None:
+        with second.begin():
+            result["second"] = jobs.submit(
+                db=second, settings=settings, tenant_id=tenant_id, body=body, idempotency_key="race"
+            )
+
+    racer = threading.Thread(target=submit_concurrently)
+    racer.start()
+    time.sleep(0.5)  # the racer's INSERT now waits on the first transaction's row
+    first.commit()
+    racer.join(timeout=60)
+    assert not racer.is_alive(), "the second submit did not finish within 60 s"
+    other, other_created = result["second"]
+    assert created and not other_created and other.id == job.id
+    assert db.scalar(sa.select(sa.func.count()).select_from(Job).where(Job.idempotency_key == "race")) == 1
+    first.close(), second.close()
+    engine.dispose()
+
+
+def test_a_report_link_token_with_non_ascii_digits_is_refused_not_a_500(client, auth, setup) -> None:
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    job = client.post("/v1/jobs", headers=auth, json=body).json()
+    for token in ("².abc", "١٢٣.abc", "-1.abc", "", "..."):  # "²".isdigit() and int("²") fails
+        r = client.get(f"/v1/jobs/{job['id']}/report.html", params={"token": token})
+        assert r.status_code == 401, (token, r.text)
+
+
+def test_an_unclaimed_queued_job_is_resent_once_even_when_its_queue_stays_busy(
+    client, auth, setup, settings, db
+) -> None:
+    """Under steady load the queue is never empty: a job whose message was lost (e.g. taken while the database was
+    down) used to wait for ever. It is re-sent once while the queue is busy, and again whenever the queue is empty."""
+    import sqlalchemy as sa
+
+    from service.db import make_engine, make_session_factory
+    from service.jobs.repository import RESENT_STAGE
+    from service.storage import open_store
+    from workers.reconciler import reconcile_once
+    from workers.runner import Context
+
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    job = client.post("/v1/jobs", headers=auth, json=body).json()
+
+    class Broker:  # only the queue depth and the sends are observed; the database is the real one
+        depth = 3
+        sent: list[str] = []
+
+        def queue_depth(self, queue: str) -> int:
+            return self.depth
+
+        def send(self, *, kind: str, job_id: str) -> None:
+            self.sent.append(job_id)
+
+    def age() -> None:
+        db.execute(sa.text("UPDATE jobs SET enqueued_at = now() - interval '1 hour' WHERE id = :id"), {"id": job["id"]})
+        db.commit()
+
+    engine = make_engine(settings.resolved_database_url)
+    ctx = Context(settings, make_session_factory(engine), open_store(settings))
+    broker = Broker()
+    age()
+    assert reconcile_once(None, ctx, broker)["resent"] == 1 and broker.sent == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["stage"] == RESENT_STAGE
+    age()
+    assert reconcile_once(None, ctx, broker)["resent"] == 0  # once while busy
+    broker.depth = 0
+    assert reconcile_once(None, ctx, broker)["resent"] == 1  # an empty queue: it has no message, send it
+    engine.dispose()

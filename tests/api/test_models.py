@@ -268,3 +268,17 @@ def test_the_same_bytes_registered_at_once_by_two_jobs_are_one_model(client, aut
     assert db.scalar(sa.select(sa.func.count()).select_from(ModelFile).where(ModelFile.sha256 == "f" * 64)) == 1
     first.close(), second.close()
     engine.dispose()
+
+
+def test_a_model_with_a_non_latin_name_downloads_under_its_name(client, auth, tmp_path) -> None:
+    from urllib.parse import unquote
+
+    path = onnx_models.mlp(tmp_path / "m.onnx")
+    with open(path, "rb") as f:
+        r = client.post("/v1/models", headers=auth, files={"file": ("модель.onnx", f)}, data={"name": "模型"})
+    assert r.status_code == 201, r.text
+    got = client.get(f"/v1/models/{r.json()['id']}/content", headers=auth)
+    assert got.status_code == 200 and got.content == path.read_bytes()
+    disposition = got.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="download.onnx"')  # an ASCII fallback for old clients
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == "模型.onnx"  # its name, RFC 6266 / 5987

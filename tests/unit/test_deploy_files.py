@@ -51,3 +51,13 @@ def test_dockerfile_runs_as_a_non_root_user_from_a_slim_base() -> None:
     assert "ARG WITH_TRAIN=true" in text  # workers can distill
     assert re.search(r"--index-url \S+ torch==2\.13\.0", text)  # the CPU build, never PyPI's CUDA wheel
     assert _compose()["x-onnxsmith"]["build"]["args"]["WITH_TRAIN"] == "${WITH_TRAIN:-true}"
+
+
+def test_the_filesystem_broker_keeps_its_control_files_in_the_data_folder(tmp_path) -> None:
+    from service.broker import make_celery
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", broker_url="filesystem://")
+    options = make_celery(settings).conf.broker_transport_options
+    assert Path(options["control_folder"]).is_relative_to(tmp_path / "data")
+    assert not (Path(__file__).resolve().parents[2] / "control").exists(), "exchange files in the repository"
