@@ -254,44 +254,26 @@ def test_a_default_budget_above_the_job_limit_is_shrunk_below_it(settings, auth,
 def test_the_same_idempotency_key_sent_concurrently_gets_the_replay(settings, setup, db) -> None:
     """The second of two concurrent submits with one key waits on the unique index, then answers the first one's
     job as a replay (it used to be a 500 UniqueViolation)."""
-    import threading
-    import time
-
     import sqlalchemy as sa
 
-    from service.db import make_engine, make_session_factory
     from service.jobs import service as jobs
     from service.jobs.schemas import JobCreate
     from service.jobs.tables import Job
     from service.model_files.tables import ModelFile
+    from tests.races import race
 
     tenant_id = db.get(ModelFile, setup["model"]).tenant_id
     body = JobCreate.model_validate(
         {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
     )
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_session_factory(engine)
-    first, second = sessions(), sessions()
-    job, created = jobs.submit(db=first, settings=settings, tenant_id=tenant_id, body=body, idempotency_key="race")
-    result: dict = {}
-
-    def submit_concurrently() -> None:
-        with second.begin():
-            result["second"] = jobs.submit(
-                db=second, settings=settings, tenant_id=tenant_id, body=body, idempotency_key="race"
-            )
-
-    racer = threading.Thread(target=submit_concurrently)
-    racer.start()
-    time.sleep(0.5)  # the racer's INSERT now waits on the first transaction's row
-    first.commit()
-    racer.join(timeout=60)
-    assert not racer.is_alive(), "the second submit did not finish within 60 s"
-    other, other_created = result["second"]
+    (job, created), (other, other_created) = race(
+        settings.resolved_database_url,
+        lambda session: jobs.submit(
+            db=session, settings=settings, tenant_id=tenant_id, body=body, idempotency_key="race"
+        ),
+    )
     assert created and not other_created and other.id == job.id
     assert db.scalar(sa.select(sa.func.count()).select_from(Job).where(Job.idempotency_key == "race")) == 1
-    first.close(), second.close()
-    engine.dispose()
 
 
 def test_a_report_link_token_with_non_ascii_digits_is_refused_not_a_500(client, auth, setup) -> None:

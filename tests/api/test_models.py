@@ -227,12 +227,9 @@ def test_upload_download_delete_on_the_s3_store(tmp_path, db_url, s3_endpoint, s
 def test_the_same_bytes_registered_at_once_by_two_jobs_are_one_model(client, auth, tmp_path, db, settings) -> None:
     """Two jobs producing the same bytes for one tenant: the second waits on the unique index, then gets the first
     one's model (it used to fail the job as `internal` on the IntegrityError)."""
-    import threading
-    import time
-
-    from service.db import make_engine, make_session_factory
     from service.model_files import service as model_files
     from service.model_files.tables import ModelFile
+    from tests.races import race
 
     uploaded = upload(client, auth, onnx_models.mlp(tmp_path / "m.onnx")).json()
     row = db.get(ModelFile, uploaded["id"])
@@ -246,28 +243,11 @@ def test_the_same_bytes_registered_at_once_by_two_jobs_are_one_model(client, aut
         "info": {},
         "source_job_id": None,
     }
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_session_factory(engine)
-    first, second = sessions(), sessions()
-    first.begin()
-    made, created = model_files.register(db=first, **fields)
-    result: dict = {}
-
-    def register_concurrently() -> None:
-        with second.begin():
-            result["second"] = model_files.register(db=second, **fields)
-
-    racer = threading.Thread(target=register_concurrently)
-    racer.start()
-    time.sleep(0.5)  # the racer's INSERT now waits on the first transaction's row
-    first.commit()
-    racer.join(timeout=60)
-    assert not racer.is_alive(), "the second registration did not finish within 60 s"
-    other, other_created = result["second"]
+    (made, created), (other, other_created) = race(
+        settings.resolved_database_url, lambda session: model_files.register(db=session, **fields)
+    )
     assert created and not other_created and other.id == made.id
     assert db.scalar(sa.select(sa.func.count()).select_from(ModelFile).where(ModelFile.sha256 == "f" * 64)) == 1
-    first.close(), second.close()
-    engine.dispose()
 
 
 def test_a_model_with_a_non_latin_name_downloads_under_its_name(client, auth, tmp_path) -> None:
