@@ -92,7 +92,7 @@ def run_isolated(
     os.close(fd)
     fd, stderr_path = tempfile.mkstemp(prefix="onnxsmith-sandbox-", suffix=".err")
     os.close(fd)
-    request = {"target": target, "kwargs": kwargs, "result_path": result_path}
+    request = {"target": target, "kwargs": kwargs, "result_path": result_path, "owner": process_identity()}
     started = time.perf_counter()
     progress_r, progress_w = os.pipe()
     try:
@@ -121,7 +121,7 @@ def run_isolated(
 
 
 def _apply_limits(limits: Limits) -> None:
-    """In the child: address space, CPU time, no core dumps, own process group, die with the parent."""
+    """In the child: address space, CPU time, no core dumps, its own session (a watchdog ends it with its owner)."""
     mem = limits.memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     cpu = int(limits.timeout_s * max(1, limits.threads)) + 5
@@ -324,7 +324,49 @@ def report_progress(progress: float, stage: str) -> None:
         os.write(int(fd), line.encode())
 
 
+def process_identity(pid: int | None = None) -> list[int]:
+    """[pid, start time in clock ticks since boot] (Linux /proc), so a reused pid is not taken for the process."""
+    pid = pid or os.getpid()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return [pid, int(fields[19])]  # field 22 of stat: starttime (the first two fields are before the ")")
+    except (OSError, IndexError, ValueError):
+        return [pid, 0]
+
+
+def is_alive(identity: list[int]) -> bool:
+    """Whether the process [pid, start time] still runs (a zombie counts as gone)."""
+    pid, start = identity
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return stat[0] != "Z" and (start == 0 or int(stat[19]) == start)
+
+
+WATCHDOG_S = 0.5
+
+
+def _die_with_owner(owner: list[int] | None) -> None:
+    """In the child: exit when the process that asked for the work is gone (a worker killed with SIGKILL must not
+    leave its job computing: the child has its own session, so no signal to the worker's group reaches it)."""
+    if not owner:
+        return
+
+    def watch() -> None:
+        while is_alive(owner):
+            time.sleep(WATCHDOG_S)
+        os._exit(137)
+
+    default = threading.stack_size(1 << 16)  # a small stack: the child's address-space limit is the job's
+    try:
+        threading.Thread(target=watch, name="onnxsmith-owner-watchdog", daemon=True).start()
+    finally:
+        threading.stack_size(default)
+
+
 def _run_request(request: dict[str, Any]) -> None:
+    _die_with_owner(request.get("owner"))
     try:
         module_name, func_name = request["target"].split(":")
         func = getattr(importlib.import_module(module_name), func_name)

@@ -7,6 +7,7 @@ from celery.signals import worker_ready, worker_shutdown
 from service.broker import make_celery
 from service.settings import get_settings
 from workers import presence, reconciler
+from workers.runner import collect_orphaned_scratch
 from workers.tasks import register
 
 app = make_celery(get_settings())
@@ -22,6 +23,7 @@ def _queues(consumer: Any) -> list[str]:
 
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: object) -> None:
+    collect_orphaned_scratch(get_settings().tmp_dir)
     reconciler.start(app)
     name = presence.worker_name(getattr(sender, "hostname", None) or "worker")
     _presence["name"] = name

@@ -21,7 +21,7 @@ from typing import Any
 from engine.registry import get_kind
 from service.jobs import repository as repo
 from service.jobs.queue import Enqueuer
-from workers.runner import Context, context, transaction, worker_lost_detail
+from workers.runner import Context, collect_orphaned_scratch, context, transaction, worker_lost_detail
 
 log = logging.getLogger("onnxsmith.reconciler")
 
@@ -77,6 +77,7 @@ def start(app: Any) -> threading.Thread:
         stop = threading.Event()
         while not stop.wait(ctx.settings.reconcile_interval_s * random.uniform(0.8, 1.2)):  # noqa: S311
             try:
+                collect_orphaned_scratch(ctx.settings.tmp_dir)
                 counts = reconcile_once(app, ctx)
                 if any(counts.values()):
                     log.info("reconciled: %s", counts)

@@ -9,8 +9,10 @@ its lease (or a cancelled job) is dropped instead of overwriting anything.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.kind import JobOutput
-from engine.sandbox import Limits, run_isolated
+from engine.sandbox import Limits, is_alive, process_identity, run_isolated
 from service.db import make_engine, make_session_factory
 from service.jobs import execution
 from service.jobs import repository as repo
@@ -177,6 +179,7 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=s.tmp_dir, prefix=f"{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
+        (tmp / OWNER_FILE).write_text(json.dumps(process_identity()))  # orphaned if this worker is killed
         heartbeat = Heartbeat(ctx, job_id, attempt)
         t0 = time.perf_counter()
         heartbeat({"progress": 0.0, "stage": "fetching inputs"})
@@ -218,3 +221,28 @@ def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
 
 class _ResultDropped(Exception):
     pass
+
+
+OWNER_FILE = ".owner"
+UNOWNED_GRACE_S = 3600.0
+
+
+def collect_orphaned_scratch(tmp_dir: Path) -> list[str]:
+    """Remove job scratch folders whose worker process is gone (killed before its clean-up ran); a folder without
+    an owner file is removed once it is an hour old. Returns the names removed. Safe with several workers on one
+    machine: a live owner's folder is never touched."""
+    removed = []
+    for folder in sorted(tmp_dir.glob("job_*-*")) if tmp_dir.is_dir() else []:
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+            orphaned = not is_alive(owner)
+        except FileNotFoundError:
+            orphaned = time.time() - folder.stat().st_mtime > UNOWNED_GRACE_S
+        except (OSError, ValueError, TypeError):
+            continue
+        if orphaned:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.warning("removed %d scratch folder(s) of killed workers: %s", len(removed), ", ".join(removed[:10]))
+    return removed
