@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -36,6 +38,21 @@ def _check_store(app: Any) -> str | None:
     return None
 
 
+def is_operator(request: Request) -> bool:
+    """From an operator network, or with the operator key: may see /metrics and what /readyz found wrong."""
+    settings = request.app.state.settings
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+        if any(address in ipaddress.ip_network(n, strict=False) for n in settings.operator_networks):
+            return True
+    except ValueError:  # not an IP (a test client, a unix socket)
+        pass
+    key: str = settings.operator_key.get_secret_value() if settings.operator_key else ""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return bool(key) and scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), key.encode())
+
+
 @router.get(
     "/readyz",
     summary="Readiness: database at migration head, broker and store reachable",
@@ -50,6 +67,8 @@ def readyz(request: Request) -> Response:
             failure = f"{type(exc).__name__}: {str(exc)[:200]}"
         checks[name] = "ok" if failure is None else failure
     down = [name for name, state in checks.items() if state != "ok"]
+    if not is_operator(request):  # internal addresses and errors are for operators only
+        checks = {name: "ok" if state == "ok" else "unavailable" for name, state in checks.items()}
     if down:
         return problem(
             503,
@@ -136,4 +155,13 @@ class MetricsMiddleware:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
+    if not is_operator(request):  # every tenant's job counts: for operators only
+        return problem(
+            403,
+            "forbidden",
+            "Forbidden",
+            "metrics are for operators: scrape from ONNXSMITH_OPERATOR_NETWORKS or send ONNXSMITH_OPERATOR_KEY "
+            "as a bearer key",
+            instance="/metrics",
+        )
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         "machines serve the API).",
     )
     report_link_ttl_s: int = Field(default=3600, description="How long a signed report link stays valid.")
+    operator_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key that opens /metrics and the details of /readyz from anywhere (operators' tools).",
+    )
+    operator_networks: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description="Clients in these networks are operators without a key (a metrics scraper on the machine).",
+    )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker, e.g. redis://127.0.0.1:6379/0. Default: filesystem:// (message files in "

@@ -21,6 +21,7 @@ from service.settings import Settings
 from service.tables import Base
 from service.tenants import service as tenants
 
+OPERATOR_KEY = "operator-key-for-tests"
 PG_ADMIN_URL = os.environ.get("ONNXSMITH_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
@@ -64,7 +65,9 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     data = tmp_path / "data"
-    return Settings(data_dir=data, database_url=db_url, storage_url=(data / "store").as_uri())
+    return Settings(
+        data_dir=data, database_url=db_url, storage_url=(data / "store").as_uri(), operator_key=OPERATOR_KEY
+    )
 
 
 @pytest.fixture

@@ -86,3 +86,11 @@ def test_another_tenants_dataset_is_a_404(client, auth, other_auth, tmp_path) ->
     ds = upload(client, auth, data_files.npz(tmp_path / "d.npz", x=np.ones((3, 2)))).json()
     assert client.get(f"/v1/datasets/{ds['id']}", headers=other_auth).status_code == 404
     assert client.delete(f"/v1/datasets/{ds['id']}", headers=other_auth).status_code == 404
+
+
+def test_an_unreadable_upload_is_refused_without_naming_the_servers_temp_file(client, auth, settings) -> None:
+    r = client.post("/v1/datasets", headers=auth, files={"file": ("x.parquet", b"garbage, not parquet")})
+    assert r.status_code == 422 and r.json()["type"].endswith("/invalid-dataset"), r.text
+    detail = r.json()["detail"]
+    assert "the uploaded file" in detail  # pyarrow's message named the spooled file's path
+    assert str(settings.tmp_dir) not in detail and "upload-" not in detail and ".part" not in detail
