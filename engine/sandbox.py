@@ -113,7 +113,10 @@ def run_isolated(
     if result is None:
         raise _crash_error(child.poll() or 0, stderr, limits)
     if not result["ok"]:
-        raise EngineError(result["error"]["code"], result["error"]["detail"])
+        error = EngineError(result["error"]["code"], result["error"]["detail"])
+        if error.code == ErrorCode.INTERNAL:  # a bug: the caller logs the child's traceback with its job id
+            error.traceback = stderr[-8000:]
+        raise error
     return SandboxResult(result["value"], int(result.get("peak_rss_kb", 0)), seconds)
 
 

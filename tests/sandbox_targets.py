@@ -46,3 +46,7 @@ def session(threads):
     path = mlp(Path(tempfile.mkdtemp()) / "m.onnx")
     out = make_session(str(path), threads).run(None, {"x": np.ones((64, 64), np.float32)})[0]
     return {"shape": list(out.shape)}
+
+
+def buggy():
+    return {"a": 1}["b"]  # a KeyError: a bug of ours, not the user's

@@ -121,6 +121,10 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
     except EngineError as exc:
         if exc.code == ErrorCode.CANCELLED:
             return
+        if exc.code == ErrorCode.INTERNAL:  # a bug in a kind: the traceback to the log, a plain word to the user
+            log.error("job %s (%s) failed with an internal error: %s\n%s", job_id, kind, exc.detail, exc.traceback)
+            _finish_failed(ctx, job_id, attempt, exc.code.value, _internal_detail(job_id))
+            return
         log.info("job %s failed: %s: %s", job_id, exc.code, exc.detail)
         _finish_failed(ctx, job_id, attempt, exc.code.value, exc.detail)
     except (BlobMissing, BlobCorrupt) as exc:
@@ -133,13 +137,11 @@ def execute(job_id: str, *, kind: str, task: Any) -> None:
         raise task.retry(countdown=min(60, 2**attempt), exc=exc) from exc
     except Exception:
         log.exception("job %s (%s) failed with an internal error", job_id, kind)
-        _finish_failed(
-            ctx,
-            job_id,
-            attempt,
-            ErrorCode.INTERNAL.value,
-            f"an internal error occurred; it was logged with job id {job_id}",
-        )
+        _finish_failed(ctx, job_id, attempt, ErrorCode.INTERNAL.value, _internal_detail(job_id))
+
+
+def _internal_detail(job_id: str) -> str:
+    return f"an internal error occurred; it was logged with job id {job_id}"
 
 
 def worker_lost_detail(attempts: int, max_attempts: int) -> str:

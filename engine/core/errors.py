@@ -126,4 +126,5 @@ class EngineError(Exception):
     def __init__(self, code: ErrorCode | str, detail: str) -> None:
         self.code = ErrorCode(code)
         self.detail = detail
+        self.traceback: str | None = None  # `internal` from a sandboxed child: its traceback, for the log only
         super().__init__(f"{self.code.value}: {detail}")

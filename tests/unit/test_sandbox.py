@@ -77,3 +77,11 @@ def test_warm_children_run_multithreaded_sessions() -> None:
     for threads in (1, 2):
         result = run_isolated("tests.sandbox_targets:session", {"threads": threads}, Limits(threads=threads), warm=True)
         assert result.value == {"shape": [64, 10]}
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_bug_in_the_child_is_internal_with_its_traceback_for_the_log(warm: bool) -> None:
+    with pytest.raises(EngineError) as info:
+        run_isolated("tests.sandbox_targets:buggy", {}, Limits(), warm=warm)
+    assert info.value.code == "internal" and "KeyError" in info.value.detail
+    assert info.value.traceback and "Traceback" in info.value.traceback and "buggy" in info.value.traceback
