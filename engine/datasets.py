@@ -22,6 +22,11 @@ Format = Literal["npz", "csv", "parquet", "json"]
 LABEL_NAMES = ("y", "label")
 MAX_CLASSES_LISTED = 100
 HISTORY_INDEX_COLUMNS = ("epoch", "step")
+# Bounds on what a dataset may hold, so its summary (stored, returned on every GET, read at every submit) stays
+# small: an npz of 100k arrays made a 10.5 MB summary, a history of 10^6 keys held up the API.
+MAX_ARRAYS = 4096  # npz members or table columns
+MAX_HISTORY_METRICS = 1000
+MAX_NAME_CHARS = 200
 
 
 class ArraySummary(BaseModel):
@@ -74,10 +79,16 @@ def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         raise _bad(f"not a valid .npz file ({exc})") from None
     out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     with zf:
+        if len(zf.infolist()) > MAX_ARRAYS:
+            raise _bad(
+                f"the .npz file holds {len(zf.infolist()):,} members; at most {MAX_ARRAYS:,} arrays are accepted"
+            )
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
                 raise _bad(f"unexpected member {info.filename!r} in the .npz (only .npy arrays)")
             name = info.filename[: -len(".npy")]
+            if len(name) > MAX_NAME_CHARS:
+                raise _bad(f"an array name is longer than {MAX_NAME_CHARS} characters: {name[:60]!r}...")
             with zf.open(info) as f:
                 try:
                     version = np.lib.format.read_magic(f)
@@ -128,8 +139,12 @@ def _read_table(path: Path, fmt: Format) -> dict[str, np.ndarray]:
         raise _bad(f"cannot read the {fmt} file: {str(exc).splitlines()[0][:300]}") from None
     if table.num_columns == 0:
         raise _bad(f"the {fmt} file has no columns")
+    if table.num_columns > MAX_ARRAYS:
+        raise _bad(f"the {fmt} file has {table.num_columns:,} columns; at most {MAX_ARRAYS:,} are accepted")
     out: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
+        if len(str(name)) > MAX_NAME_CHARS:
+            raise _bad(f"a column name is longer than {MAX_NAME_CHARS} characters: {str(name)[:60]!r}...")
         t = column.type
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             if column.null_count and not pa.types.is_floating(t):
@@ -220,10 +235,14 @@ def read_history(path: Path, fmt: Format) -> tuple[dict[str, list[float]], Histo
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _bad(f"the history is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise _bad("the history's JSON is nested too deeply (a history is an object of metric lists)") from None
         if isinstance(data, dict) and isinstance(data.get("history"), dict):
             data = data["history"]
         if not isinstance(data, dict) or not data:
             raise _bad('a JSON history is an object of metric lists: {"loss": [...], "val_loss": [...]}')
+        if len(data) > MAX_HISTORY_METRICS:
+            raise _bad(f"the history has {len(data):,} keys; at most {MAX_HISTORY_METRICS:,} metrics are accepted")
         curves: dict[str, list[float]] = {}
         for key, values in data.items():
             if key in HISTORY_INDEX_COLUMNS:
@@ -254,6 +273,11 @@ def read_history(path: Path, fmt: Format) -> tuple[dict[str, list[float]], Histo
         raise _bad(f"a history must be .json or .csv, not .{fmt}")
     if not curves:
         raise _bad("the history has no metric columns")
+    if len(curves) > MAX_HISTORY_METRICS:
+        raise _bad(f"the history has {len(curves):,} metrics; at most {MAX_HISTORY_METRICS:,} are accepted")
+    long_names = [k for k in curves if len(k) > MAX_NAME_CHARS]
+    if long_names:
+        raise _bad(f"a metric name is longer than {MAX_NAME_CHARS} characters: {long_names[0][:60]!r}...")
     lengths = {len(v) for v in curves.values()}
     if len(lengths) > 1:
         raise _bad(f"history metrics have different numbers of epochs: { {k: len(v) for k, v in curves.items()} }")

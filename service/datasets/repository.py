@@ -27,6 +27,14 @@ def find_same(db: Session, *, tenant_id: str, sha256: str, kind: str, label: str
     return db.scalars(q.order_by(Dataset.id).limit(1)).first()
 
 
+def dedup_key(*, sha256: str, kind: str, label: str | None) -> str:
+    return f"{sha256}:{kind}:{label or ''}"
+
+
+def get_by_dedup_key(db: Session, *, tenant_id: str, key: str) -> Dataset | None:
+    return db.scalar(sa.select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.dedup_key == key))
+
+
 def list_page(db: Session, *, tenant_id: str, limit: int, cursor: str | None) -> list[Dataset]:
     q = sa.select(Dataset).where(Dataset.tenant_id == tenant_id)
     if cursor:

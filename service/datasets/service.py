@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.datasets import DatasetSummary, format_from_filename
@@ -66,6 +67,8 @@ def create_from_upload(
     )
     summary = DatasetSummary.model_validate(value)
     key = blobs.store_file(db=db, store=store, path=upload.path, sha256=upload.sha256, size=upload.size)
+    resolved = summary.label.name if summary.label else None
+    same = repo.dedup_key(sha256=upload.sha256, kind=kind, label=resolved)
     row = Dataset(
         id=new_id("ds"),
         tenant_id=tenant_id,
@@ -73,13 +76,21 @@ def create_from_upload(
         filename=upload.filename,
         kind=kind,
         format=fmt,
-        label=summary.label.name if summary.label else None,
+        label=resolved,
         sha256=upload.sha256,
+        dedup_key=same,
         size_bytes=upload.size,
         blob_key=key,
         summary=summary.model_dump(mode="json"),
     )
-    repo.add(db, row)
+    try:
+        with db.begin_nested():
+            repo.add(db, row)
+    except IntegrityError:  # the same upload registered concurrently: that one it is
+        existing = repo.get_by_dedup_key(db, tenant_id=tenant_id, key=same)
+        if existing is None:
+            raise
+        return existing, False
     return row, True
 
 

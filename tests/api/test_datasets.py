@@ -94,3 +94,63 @@ def test_an_unreadable_upload_is_refused_without_naming_the_servers_temp_file(cl
     detail = r.json()["detail"]
     assert "the uploaded file" in detail  # pyarrow's message named the spooled file's path
     assert str(settings.tmp_dir) not in detail and "upload-" not in detail and ".part" not in detail
+
+
+def test_datasets_whose_summary_would_be_unbounded_are_refused_by_the_checking_child(client, auth, tmp_path) -> None:
+    """A history of 10^6 keys held up an API process; an npz of 100k arrays made a 10.5 MB summary; JSON nested
+    100k deep was a 500 (RecursionError). Each is a 422 naming the bound, decided in the sandboxed child."""
+    import io
+    import json
+    import zipfile
+
+    many_keys = json.dumps({f"m{i}": [0.1] for i in range(100_000)}).encode()
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:  # 5,000 one-element arrays
+        for i in range(5000):
+            member = io.BytesIO()
+            np.save(member, np.zeros(1))
+            zf.writestr(f"a{i}.npy", member.getvalue())
+    cases = [
+        ("history.json", many_keys, "at most 1,000 metrics"),
+        ("history.json", deep, "nested too deeply"),
+        ("many.npz", buffer.getvalue(), "at most 4,096 arrays"),
+    ]
+    for filename, content, words in cases:
+        r = client.post("/v1/datasets", headers=auth, files={"file": (filename, content)})
+        assert r.status_code == 422 and r.json()["type"].endswith("/invalid-dataset"), r.text[:300]
+        assert words in r.json()["detail"], r.json()["detail"][:300]
+    assert client.get("/v1/datasets", headers=auth).json()["items"] == []
+
+
+def test_the_same_dataset_uploaded_at_once_is_one_row(client, auth, settings, db, tmp_path) -> None:
+    """Identical dataset bytes uploaded concurrently made several rows (6 of 20); models were deduplicated, datasets
+    were not. Same contract as models now: the second upload waits on the unique index and gets the first's row."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from service.datasets import service as datasets
+    from service.datasets.tables import Dataset
+    from service.storage import open_store
+    from service.uploads import Upload
+    from tests.races import race
+
+    client.get("/v1/datasets", headers=auth)  # the tenant exists
+    tenant_id = db.scalar(sa.text("SELECT tenant_id FROM api_keys LIMIT 1"))
+    x, y = data_files.classification(n=30, features=4)
+    path = data_files.npz(tmp_path / "d.npz", x=x, y=y)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    store = open_store(settings)
+
+    def upload(session):
+        copy = tmp_path / f"spool-{id(session)}.npz"  # each request spools its own copy
+        copy.write_bytes(path.read_bytes())
+        spooled = Upload(path=copy, sha256=digest, size=copy.stat().st_size, filename="d.npz")
+        return datasets.create_from_upload(
+            db=session, store=store, settings=settings, tenant_id=tenant_id, upload=spooled
+        )
+
+    (first, created), (second, second_created) = race(settings.resolved_database_url, upload)
+    assert created and not second_created and second.id == first.id
+    assert db.scalar(sa.select(sa.func.count()).select_from(Dataset).where(Dataset.sha256 == digest)) == 1
