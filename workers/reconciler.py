@@ -21,7 +21,14 @@ from typing import Any
 from engine.registry import get_kind
 from service.jobs import repository as repo
 from service.jobs.queue import Enqueuer
-from workers.runner import Context, collect_orphaned_scratch, context, transaction, worker_lost_detail
+from workers.runner import (
+    RUNNING,
+    Context,
+    collect_orphaned_scratch,
+    context,
+    transaction,
+    worker_lost_detail,
+)
 
 log = logging.getLogger("onnxsmith.reconciler")
 
@@ -33,7 +40,7 @@ def reconcile_once(app: Any, ctx: Context | None = None, enqueuer: Any = None) -
     lease = timedelta(seconds=s.job_lease_s)
     counts = {"requeued": 0, "worker_lost": 0, "resent": 0}
     with transaction(ctx) as db:
-        lost = [(j.id, j.kind, j.attempts) for j in repo.lost_running(db, lease=lease)]
+        lost = [(j.id, j.kind, j.attempts) for j in repo.lost_running(db, lease=lease) if j.id not in RUNNING]
     for job_id, kind, attempt in lost:
         with transaction(ctx) as db:
             if attempt >= s.job_max_attempts:

@@ -176,7 +176,38 @@ def _finish_failed(ctx: Context, job_id: str, attempt: int, code: str, detail: s
             log.info("job %s: failure of attempt %d dropped (cancelled or taken over)", job_id, attempt)
 
 
+class _Running:
+    """The jobs this worker process is running now: its reconciler never takes them for lost (on a busy machine a
+    heartbeat can be late; the job is alive here all the same)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    @contextmanager
+    def holding(self, job_id: str) -> Iterator[None]:
+        with self._lock:
+            self._ids.add(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._ids.discard(job_id)
+
+    def __contains__(self, job_id: object) -> bool:
+        with self._lock:
+            return job_id in self._ids
+
+
+RUNNING = _Running()
+
+
 def _run(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
+    with RUNNING.holding(job_id):
+        _run_attempt(ctx, job_id, attempt, kind_name)
+
+
+def _run_attempt(ctx: Context, job_id: str, attempt: int, kind_name: str) -> None:
     s = ctx.settings
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=s.tmp_dir, prefix=f"{job_id}-") as tmp_name:

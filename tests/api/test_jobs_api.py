@@ -325,3 +325,39 @@ def test_an_unclaimed_queued_job_is_resent_once_even_when_its_queue_stays_busy(
     broker.depth = 0
     assert reconcile_once(None, ctx, broker)["resent"] == 1  # an empty queue: it has no message, send it
     engine.dispose()
+
+
+def test_the_reconciler_never_takes_a_job_its_own_worker_runs_for_lost(client, auth, setup, settings, db) -> None:
+    """On a busy machine a heartbeat can be late: a worker used to re-queue its own running job after a short lease."""
+    import sqlalchemy as sa
+
+    from service.db import make_engine, make_session_factory
+    from service.storage import open_store
+    from workers.reconciler import reconcile_once
+    from workers.runner import RUNNING, Context
+
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    job = client.post("/v1/jobs", headers=auth, json=body).json()
+    db.execute(
+        sa.text(
+            "UPDATE jobs SET status = 'running', attempts = 1, heartbeat_at = now() - interval '1 hour' WHERE id = :id"
+        ),
+        {"id": job["id"]},
+    )
+    db.commit()
+
+    class Broker:
+        sent: list[str] = []
+
+        def queue_depth(self, queue: str) -> int:
+            return 0
+
+        def send(self, *, kind: str, job_id: str) -> None:
+            self.sent.append(job_id)
+
+    engine = make_engine(settings.resolved_database_url)
+    ctx = Context(settings, make_session_factory(engine), open_store(settings))
+    with RUNNING.holding(job["id"]):  # this worker runs it: late heartbeat or not, it is not lost
+        assert reconcile_once(None, ctx, Broker())["requeued"] == 0
+    assert reconcile_once(None, ctx, Broker())["requeued"] == 1  # nobody here runs it: it was lost
+    engine.dispose()
