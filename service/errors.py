@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.core.errors import EngineError
+from service.storage.base import BlobCorrupt, BlobMissing, StoreError
 
 log = logging.getLogger("onnxsmith.api")
 
@@ -174,6 +175,20 @@ def install_handlers(app: FastAPI) -> None:
 
     for error in DATABASE_DOWN:
         app.add_exception_handler(error, _database_down)
+
+    @app.exception_handler(StoreError)
+    async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
+        if isinstance(exc, BlobMissing | BlobCorrupt):  # stored bytes lost or damaged: ours to repair, a 500
+            return await _unexpected(request, exc)
+        log.error("object store unavailable on %s %s: %s", request.method, request.url.path, str(exc)[:300])
+        return problem(
+            503,
+            "store-unavailable",
+            "Store unavailable",
+            f"the object store cannot be reached: retry in {RETRY_AFTER_S} s",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

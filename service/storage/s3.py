@@ -64,6 +64,8 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise StoreError(f"cannot reach {self.url}: {exc}") from exc
+        except BotoCoreError as exc:  # connection refused, timeouts: the store is unreachable
+            raise StoreError(f"cannot reach {self.url}: {exc}") from exc
 
     def iter_chunks(self, key: str, *, sha256: str, size: int) -> Iterator[bytes]:
         verifier = Verifier(key, sha256, size)
@@ -72,6 +74,8 @@ class S3Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BlobMissing(f"blob {key} is missing from the store") from exc
+            raise StoreError(f"read of {key} from {self.url} failed: {exc}") from exc
+        except BotoCoreError as exc:
             raise StoreError(f"read of {key} from {self.url} failed: {exc}") from exc
         try:
             for chunk in body.iter_chunks(CHUNK):

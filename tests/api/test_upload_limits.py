@@ -110,3 +110,30 @@ def test_raw_path_like_filename_is_refused(client, auth, db, settings, filename)
     assert r.status_code == 422, r.text
     assert "filename" in r.json()["detail"]
     assert count_rows(db, "models") == 0
+
+
+def test_an_unreachable_object_store_answers_503_and_stores_nothing(db_url, tmp_path, db) -> None:
+    """The store down (here: an S3 endpoint nobody listens on) was the generic 500 internal-error."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests import onnx_models
+    from tests.conftest import count_rows, create_key, free_port
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        storage_url="s3://onnxsmith-down/p",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_region="us-east-1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+    auth = {"Authorization": f"Bearer {create_key(settings, 'acme')}"}
+    model = onnx_models.mlp(tmp_path / "m.onnx")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client, open(model, "rb") as f:
+        r = client.post("/v1/models", headers=auth, files={"file": ("m.onnx", f)})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    assert r.json()["type"].endswith("/store-unavailable") and "127.0.0.1" not in r.text
+    assert count_rows(db, "models") == 0 and count_rows(db, "blobs") == 0  # nothing half-stored
