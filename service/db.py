@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -101,3 +102,22 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+R = TypeVar("R")
+
+
+def insert_once(db: Session, row: R, existing: Callable[[], R | None]) -> tuple[R, bool]:
+    """Insert `row` in a savepoint: (row, True); when a unique constraint says an equal row was committed at the same
+    moment (two requests or jobs racing), that row: (existing, False). The one race-safe insert of models, datasets
+    and idempotent job submissions."""
+    try:
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except IntegrityError:
+        found = existing()
+        if found is None:
+            raise
+        return found, False
+    return row, True

@@ -161,17 +161,20 @@ def install_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        _outage.record(exc)
+    def _unavailable(request: Request, what: str, type_: str, title: str, extra: str = "") -> JSONResponse:
         return problem(
             503,
-            "database-unavailable",
-            "Database unavailable",
-            f"the database cannot be reached: retry in {RETRY_AFTER_S} s (a job submission with the same "
-            "Idempotency-Key)",
+            type_,
+            title,
+            f"the {what} cannot be reached: retry in {RETRY_AFTER_S} s{extra}",
             instance=request.url.path,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        _outage.record(exc)
+        extra = " (a job submission with the same Idempotency-Key)"
+        return _unavailable(request, "database", "database-unavailable", "Database unavailable", extra)
 
     for error in DATABASE_DOWN:
         app.add_exception_handler(error, _database_down)
@@ -181,14 +184,7 @@ def install_handlers(app: FastAPI) -> None:
         if isinstance(exc, BlobMissing | BlobCorrupt):  # stored bytes lost or damaged: ours to repair, a 500
             return await _unexpected(request, exc)
         log.error("object store unavailable on %s %s: %s", request.method, request.url.path, str(exc)[:300])
-        return problem(
-            503,
-            "store-unavailable",
-            "Store unavailable",
-            f"the object store cannot be reached: retry in {RETRY_AFTER_S} s",
-            instance=request.url.path,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+        return _unavailable(request, "object store", "store-unavailable", "Store unavailable")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

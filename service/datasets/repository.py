@@ -42,11 +42,6 @@ def list_page(db: Session, *, tenant_id: str, limit: int, cursor: str | None) ->
     return list(db.scalars(q.order_by(Dataset.id.desc()).limit(limit)))
 
 
-def add(db: Session, row: Dataset) -> None:
-    db.add(row)
-    db.flush()
-
-
 def delete(db: Session, row: Dataset) -> None:
     db.delete(row)
     db.flush()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.datasets import DatasetSummary, format_from_filename
 from service.datasets import repository as repo
 from service.datasets.tables import Dataset
-from service.db import new_id
+from service.db import insert_once, new_id
 from service.errors import AppError, not_found
 from service.pagination import split_page
 from service.sandboxing import check_in_sandbox
@@ -83,15 +82,7 @@ def create_from_upload(
         blob_key=key,
         summary=summary.model_dump(mode="json"),
     )
-    try:
-        with db.begin_nested():
-            repo.add(db, row)
-    except IntegrityError:  # the same upload registered concurrently: that one it is
-        existing = repo.get_by_dedup_key(db, tenant_id=tenant_id, key=same)
-        if existing is None:
-            raise
-        return existing, False
-    return row, True
+    return insert_once(db, row, lambda: repo.get_by_dedup_key(db, tenant_id=tenant_id, key=same))
 
 
 def get(*, db: Session, tenant_id: str, dataset_id: str) -> Dataset:

@@ -14,11 +14,6 @@ from service.db import utcnow
 from service.jobs.tables import Job
 
 
-def add(db: Session, row: Job) -> None:
-    db.add(row)
-    db.flush()
-
-
 def get(db: Session, *, tenant_id: str, job_id: str) -> Job | None:
     return db.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.core.errors import EngineError, ErrorCode
@@ -17,7 +16,7 @@ from engine.inspect import ModelInfo
 from engine.registry import get_kind, kind_names, roles_for
 from service.artifacts import repository as artifacts_repo
 from service.datasets import repository as datasets_repo
-from service.db import new_id, utcnow
+from service.db import insert_once, new_id, utcnow
 from service.deps import unauthorized
 from service.errors import AppError, not_found, problem_for
 from service.fleet import service as fleet
@@ -74,15 +73,12 @@ def submit(
         request_hash=request_hash,
         enqueued_at=utcnow(),
     )
-    try:
-        with db.begin_nested():
-            repo.add(db, job)
-    except IntegrityError:  # the same Idempotency-Key sent concurrently: the first one's job is the answer
-        existing = repo.get_by_idempotency_key(db, tenant_id=tenant_id, key=idempotency_key or "")
-        if idempotency_key is None or existing is None:
-            raise
-        return _replay(existing, request_hash), False
-    return job, True
+    # the same Idempotency-Key sent concurrently: the first one's job is the answer
+    key = idempotency_key
+    row, created = insert_once(
+        db, job, lambda: repo.get_by_idempotency_key(db, tenant_id=tenant_id, key=key) if key else None
+    )
+    return (row, True) if created else (_replay(row, request_hash), False)
 
 
 def _replay(existing: Job, request_hash: str) -> Job:

@@ -21,11 +21,6 @@ def list_page(db: Session, *, tenant_id: str, limit: int, cursor: str | None) ->
     return list(db.scalars(q.order_by(ModelFile.id.desc()).limit(limit)))
 
 
-def add(db: Session, row: ModelFile) -> None:
-    db.add(row)
-    db.flush()
-
-
 def delete(db: Session, row: ModelFile) -> None:
     db.delete(row)
     db.flush()

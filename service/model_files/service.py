@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.inspect import ModelInfo
-from service.db import new_id
+from service.db import insert_once, new_id
 from service.errors import not_found
 from service.model_files import repository as repo
 from service.model_files.tables import ModelFile
@@ -81,15 +80,7 @@ def register(
         info=info,
         source_job_id=source_job_id,
     )
-    try:
-        with db.begin_nested():
-            repo.add(db, row)
-    except IntegrityError:  # the same bytes were registered concurrently: that one it is
-        existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256)
-        if existing is None:
-            raise
-        return existing, False
-    return row, True
+    return insert_once(db, row, lambda: repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256))
 
 
 def get(*, db: Session, tenant_id: str, model_id: str) -> ModelFile:

@@ -284,6 +284,20 @@ def test_a_report_link_token_with_non_ascii_digits_is_refused_not_a_500(client, 
         assert r.status_code == 401, (token, r.text)
 
 
+class Broker:
+    """The reconciler's view of the broker in these tests: a queue depth it is told, the sends it makes (the database
+    is the real one)."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth, self.sent = depth, list[str]()
+
+    def queue_depth(self, queue: str) -> int:
+        return self.depth
+
+    def send(self, *, kind: str, job_id: str) -> None:
+        self.sent.append(job_id)
+
+
 def test_an_unclaimed_queued_job_is_resent_once_even_when_its_queue_stays_busy(
     client, auth, setup, settings, db
 ) -> None:
@@ -300,23 +314,13 @@ def test_an_unclaimed_queued_job_is_resent_once_even_when_its_queue_stays_busy(
     body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
     job = client.post("/v1/jobs", headers=auth, json=body).json()
 
-    class Broker:  # only the queue depth and the sends are observed; the database is the real one
-        depth = 3
-        sent: list[str] = []
-
-        def queue_depth(self, queue: str) -> int:
-            return self.depth
-
-        def send(self, *, kind: str, job_id: str) -> None:
-            self.sent.append(job_id)
-
     def age() -> None:
         db.execute(sa.text("UPDATE jobs SET enqueued_at = now() - interval '1 hour' WHERE id = :id"), {"id": job["id"]})
         db.commit()
 
     engine = make_engine(settings.resolved_database_url)
     ctx = Context(settings, make_session_factory(engine), open_store(settings))
-    broker = Broker()
+    broker = Broker(depth=3)
     age()
     assert reconcile_once(None, ctx, broker)["resent"] == 1 and broker.sent == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["stage"] == RESENT_STAGE
@@ -346,18 +350,9 @@ def test_the_reconciler_never_takes_a_job_its_own_worker_runs_for_lost(client, a
     )
     db.commit()
 
-    class Broker:
-        sent: list[str] = []
-
-        def queue_depth(self, queue: str) -> int:
-            return 0
-
-        def send(self, *, kind: str, job_id: str) -> None:
-            self.sent.append(job_id)
-
     engine = make_engine(settings.resolved_database_url)
     ctx = Context(settings, make_session_factory(engine), open_store(settings))
     with RUNNING.holding(job["id"]):  # this worker runs it: late heartbeat or not, it is not lost
-        assert reconcile_once(None, ctx, Broker())["requeued"] == 0
-    assert reconcile_once(None, ctx, Broker())["requeued"] == 1  # nobody here runs it: it was lost
+        assert reconcile_once(None, ctx, Broker(depth=0))["requeued"] == 0
+    assert reconcile_once(None, ctx, Broker(depth=0))["requeued"] == 1  # nobody here runs it: it was lost
     engine.dispose()
