@@ -14,6 +14,7 @@ from onnxsmith.client import (
     ProblemError,
     ServerError,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
 )
 from onnxsmith.types import OptimizeParams
@@ -33,5 +34,6 @@ __all__ = [
     "ProblemError",
     "ServerError",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
 ]

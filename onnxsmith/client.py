@@ -10,8 +10,9 @@
         c.download_model(report.output_model_id, "optimized.onnx")
 
 Errors from the service (problem+json) are raised as `ProblemError` subclasses carrying `type`, `detail` and the
-whole problem; connection failures and 503s are retried with exponential backoff; every job submission carries an
-Idempotency-Key, so a retried POST never makes two jobs.
+whole problem; connection failures, 429s and 502-504s are retried with exponential backoff (or after the
+Retry-After the server asks for); every job submission carries an Idempotency-Key, so a retried POST never
+makes two jobs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from onnxsmith.types import (
 )
 
 DEFAULT_TIMEOUT = 600.0
-RETRY_STATUSES = (502, 503, 504)
+RETRY_STATUSES = (429, 502, 503, 504)
+MAX_RETRY_AFTER_S = 60.0
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -91,6 +93,10 @@ class ServiceUnavailable(ProblemError):
     """503 (after the retries): e.g. the broker is down."""
 
 
+class TooManyRequests(ProblemError):
+    """429 (after the retries): e.g. this key already has as many uploads in flight as the server allows."""
+
+
 class ServerError(ProblemError):
     """500: a bug in the service."""
 
@@ -105,7 +111,14 @@ class JobFailed(OnnxsmithError):
         super().__init__(f"job {job.id} {job.status}" + (f": {self.code}: {self.detail}" if job.error else ""))
 
 
-_BY_STATUS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: Invalid, 503: ServiceUnavailable}
+_BY_STATUS = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    422: Invalid,
+    429: TooManyRequests,
+    503: ServiceUnavailable,
+}
 
 
 def problem_error(response: httpx.Response) -> ProblemError:
@@ -193,8 +206,14 @@ def _settle(
     return response
 
 
-def _backoff(attempt: int, base: float) -> float:
-    return min(base * 2**attempt, 30.0)
+def _backoff(attempt: int, base: float, response: httpx.Response | None = None) -> float:
+    """Seconds before the next attempt: exponential, or the server's Retry-After when it asks for longer
+    (capped at MAX_RETRY_AFTER_S)."""
+    pause = min(base * 2**attempt, 30.0)
+    asked = response.headers.get("retry-after", "") if response is not None else ""
+    if asked.strip().isascii() and asked.strip().isdigit():
+        pause = max(pause, min(float(asked.strip()), MAX_RETRY_AFTER_S))
+    return pause
 
 
 @contextmanager
@@ -302,7 +321,8 @@ class Job:
 
 
 class Client:
-    """Synchronous client. `retries` applies to connection errors and 502/503/504 (backoff 0.5 s, doubling)."""
+    """Synchronous client. `retries` applies to connection errors and 429/502/503/504 (backoff 0.5 s, doubling, or
+    longer when the server's Retry-After asks for it)."""
 
     def __init__(
         self,
@@ -343,7 +363,7 @@ class Client:
             settled = _settle(method, attempt, self.retries, self.base_url, response, error)
             if settled is not None:
                 return settled
-            time.sleep(_backoff(attempt, self.backoff))
+            time.sleep(_backoff(attempt, self.backoff, response))
         raise AssertionError("unreachable")
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
@@ -489,7 +509,7 @@ class Client:
                     if response.status_code >= 400:
                         response.read()
                         if _settle("GET", attempt, self.retries, self.base_url, response, None) is None:
-                            time.sleep(_backoff(attempt, self.backoff))
+                            time.sleep(_backoff(attempt, self.backoff, response))
                             continue
                     total = int(response.headers.get("content-length") or 0) or None
                     with (
@@ -557,7 +577,7 @@ class AsyncClient:
             settled = _settle(method, attempt, self.retries, self.base_url, response, error)
             if settled is not None:
                 return settled
-            await asyncio.sleep(_backoff(attempt, self.backoff))
+            await asyncio.sleep(_backoff(attempt, self.backoff, response))
         raise AssertionError("unreachable")
 
     async def upload_model(self, path: str | os.PathLike, *, name: str | None = None) -> Model:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,6 +58,27 @@ class Settings(BaseSettings):
     )
     max_model_bytes: int = Field(default=2 * GIB, description="Largest accepted model upload (bytes).")
     max_dataset_bytes: int = Field(default=2 * GIB, description="Largest accepted dataset upload (bytes).")
+    upload_idle_timeout_s: float = Field(
+        default=30.0,
+        description="An upload whose body sends nothing for this long is cut (408) and its temp file removed.",
+    )
+    upload_min_bytes_per_s: int = Field(
+        default=1024,
+        description="After upload_idle_timeout_s, an upload slower than this on average is cut (408): a body "
+        "dripped a byte at a time cannot hold a connection and a temp file for hours.",
+    )
+    max_uploads_per_tenant: int = Field(
+        default=4,
+        description="Uploads one tenant may have in flight at once in one API process; more are refused with 429.",
+    )
+    max_uploads: int = Field(
+        default=64, description="Uploads in flight at once in one API process, all tenants; more are refused with 429."
+    )
+    max_concurrent_checks: int = Field(
+        default=0,
+        description="Checking children (one per model or dataset upload) running at once in one API process; "
+        "the others wait their turn (at most sandbox_timeout_s, then 503). 0: one per CPU.",
+    )
     job_time_limit_s: float = Field(default=3600.0, description="Wall-time limit of one job attempt.")
     job_memory_mb: int = Field(default=8192, description="Address-space limit of a job's child process.")
     job_threads: int = Field(default=2, description="Most CPU threads a job's engine may use.")
@@ -121,6 +143,10 @@ class Settings(BaseSettings):
     def presence_ttl_s(self) -> float:
         """A worker not seen for this long is taken as gone (it refreshes its row every reconcile interval)."""
         return 3 * self.reconcile_interval_s + 30
+
+    @property
+    def resolved_max_concurrent_checks(self) -> int:
+        return self.max_concurrent_checks or (os.cpu_count() or 1)
 
     @property
     def uses_embedded_database(self) -> bool:

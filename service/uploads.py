@@ -7,11 +7,16 @@ declared Content-Length over the limit is refused before a byte of the body is r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+import threading
+import time
 import unicodedata
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,11 @@ from starlette.requests import ClientDisconnect
 
 from service.deps import commit_after
 from service.errors import AppError
+from service.settings import Settings
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
 MAX_FIELD_BYTES = 4096
+BUSY_RETRY_AFTER_S = 5
 
 
 def multipart_openapi(fields: dict[str, str]) -> dict:
@@ -45,6 +52,14 @@ def multipart_openapi(fields: dict[str, str]) -> dict:
             },
         }
     }
+
+
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    408: {"description": "The body stalled (upload_idle_timeout_s) or came slower than upload_min_bytes_per_s"},
+    413: {"description": "Upload over the size limit"},
+    429: {"description": "Too many uploads in flight for this tenant or this server (Retry-After)"},
+    503: {"description": "Every check slot stayed busy past the deadline (Retry-After)"},
+}
 
 
 @dataclass
@@ -169,7 +184,124 @@ class _Receiver:
         self._part = None
 
 
-async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed_fields: set[str]) -> Upload:
+@dataclass(frozen=True)
+class Pace:
+    """How slow a body may be: silent for at most `idle_s`, and (once `idle_s` has passed) at least
+    `min_bytes_per_s` on average since its first byte."""
+
+    idle_s: float
+    min_bytes_per_s: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Pace:
+        return cls(settings.upload_idle_timeout_s, settings.upload_min_bytes_per_s)
+
+
+def _too_slow(detail: str) -> AppError:
+    return AppError(408, "upload-timeout", detail, title="Upload too slow", headers={"Connection": "close"})
+
+
+async def paced(chunks: AsyncIterator[bytes], pace: Pace) -> AsyncIterator[bytes]:
+    """The body's chunks, cut with a 408 when the client stalls or drips."""
+    start, received = time.monotonic(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout=pace.idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise _too_slow(f"the upload sent nothing for {pace.idle_s:g} s; it was cut") from None
+        received += len(chunk)
+        elapsed = time.monotonic() - start
+        if elapsed > pace.idle_s and received < pace.min_bytes_per_s * elapsed:
+            raise _too_slow(
+                f"the upload averaged {received / elapsed:.0f} bytes/s, under the minimum of "
+                f"{pace.min_bytes_per_s} bytes/s; it was cut"
+            )
+        yield chunk
+
+
+class UploadSlots:
+    """Uploads in flight in this API process, per tenant and in all: a tenant cannot hold every file
+    descriptor, temp file and checking child of the process with stalled or parallel uploads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    def in_flight(self, key: str) -> int:
+        return self._count.get(key, 0)
+
+    @contextmanager
+    def take(self, tenant_id: str, *, per_tenant: int, total: int) -> Iterator[None]:
+        keys = (tenant_id, "")
+        with self._lock:
+            if self._count.get(tenant_id, 0) >= per_tenant:
+                raise _busy(f"this tenant already has {per_tenant} uploads in flight (max_uploads_per_tenant)")
+            if self._count.get("", 0) >= total:
+                raise _busy(f"the server already has {total} uploads in flight (max_uploads)")
+            for key in keys:
+                self._count[key] = self._count.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for key in keys:
+                    self._count[key] -= 1
+
+
+def _busy(detail: str) -> AppError:
+    return AppError(
+        429,
+        "too-many-uploads",
+        f"{detail}; retry when one has finished",
+        title="Too many uploads",
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
+
+
+SLOTS = UploadSlots()
+
+
+class CheckTurns:
+    """At most `size` uploads of this process checked (one sandboxed child each) and stored at once; the others
+    wait on the event loop, without holding a thread of the pool the other endpoints need, up to a deadline
+    (200 parallel uploads used to start 68 children and 3.8 GB RSS). One semaphore per event loop."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def semaphore(self, size: int) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        known = self._by_loop.get(loop)
+        if known is None or known[0] != size:
+            known = self._by_loop[loop] = (size, asyncio.Semaphore(size))
+        return known[1]
+
+    async def wait_turn(self, size: int, wait_s: float) -> asyncio.Semaphore:
+        semaphore = self.semaphore(size)
+        try:
+            async with asyncio.timeout(wait_s):
+                await semaphore.acquire()
+        except TimeoutError:
+            raise AppError(
+                503,
+                "checks-busy",
+                f"{size} uploads are being checked and this one waited {wait_s:g} s for its turn; retry later",
+                title="Checks busy",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+            ) from None
+        return semaphore
+
+
+TURNS = CheckTurns()
+
+
+async def receive_upload(
+    request: Request, *, limit: int, tmp_dir: Path, allowed_fields: set[str], pace: Pace
+) -> Upload:
     """Read a multipart/form-data body with one `file` part into a temp file. The caller must
     `discard()` the upload when done with it."""
     ctype, options = parse_options_header(request.headers.get("content-type"))
@@ -191,7 +323,7 @@ async def receive_upload(request: Request, *, limit: int, tmp_dir: Path, allowed
         with os.fdopen(fd, "wb") as out:
             receiver = _Receiver(out, limit, allowed_fields)
             parser = MultipartParser(options[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]  # a dict of the callbacks it names
-            async for chunk in request.stream():
+            async for chunk in paced(request.stream(), pace):
                 parser.write(chunk)
             parser.finalize()
         if not receiver.finished:
@@ -216,20 +348,28 @@ async def create_from_request(
     request: Request,
     *,
     db: Session,
+    settings: Settings,
+    tenant_id: str,
     limit: int,
-    tmp_dir: Path,
     allowed_fields: set[str],
     create: Callable[[Upload], tuple[Any, bool]],
     schema: type[BaseModel],
     location: str,
 ) -> JSONResponse:
-    """The whole upload endpoint: stream the body, run `create` (check, store, row) and commit in one pool
-    thread, always drop the temp file; 201 for a new row, 200 for an existing one."""
-    upload = await receive_upload(request, limit=limit, tmp_dir=tmp_dir, allowed_fields=allowed_fields)
-    try:
-        row, created = await run_in_threadpool(lambda: commit_after(db, create(upload)))
-    finally:
-        upload.discard()
+    """The whole upload endpoint: take an upload slot, stream the body, run `create` (check, store, row) and
+    commit in one pool thread, always drop the temp file; 201 for a new row, 200 for an existing one."""
+    with SLOTS.take(tenant_id, per_tenant=settings.max_uploads_per_tenant, total=settings.max_uploads):
+        upload = await receive_upload(
+            request, limit=limit, tmp_dir=settings.tmp_dir, allowed_fields=allowed_fields, pace=Pace.of(settings)
+        )
+        try:
+            turn = await TURNS.wait_turn(settings.resolved_max_concurrent_checks, settings.sandbox_timeout_s)
+            try:
+                row, created = await run_in_threadpool(lambda: commit_after(db, create(upload)))
+            finally:
+                turn.release()
+        finally:
+            upload.discard()
     body = schema.model_validate(row).model_dump(mode="json")
     code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return JSONResponse(body, status_code=code, headers={"Location": f"{location}/{row.id}"})

@@ -9,7 +9,7 @@ from service.datasets.schemas import DatasetOut
 from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.pagination import CursorQuery, LimitQuery, Page
 from service.storage import service as blobs
-from service.uploads import create_from_request, multipart_openapi
+from service.uploads import UPLOAD_RESPONSES, create_from_request, multipart_openapi
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=EdgeRoute)
 
@@ -31,7 +31,7 @@ _FIELDS = {
     "with the existing one when this tenant uploaded the same bytes with the same label before.",
     responses={
         200: {"model": DatasetOut},
-        413: {"description": "Upload over the size limit"},
+        **UPLOAD_RESPONSES,
         422: {"description": "Not a readable dataset"},
     },
     openapi_extra=multipart_openapi(_FIELDS),
@@ -43,7 +43,8 @@ async def upload_dataset(
         request,
         db=db,
         limit=settings.max_dataset_bytes,
-        tmp_dir=settings.tmp_dir,
+        settings=settings,
+        tenant_id=tenant.id,
         allowed_fields=set(_FIELDS),
         create=lambda upload: service.create_from_upload(
             db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload

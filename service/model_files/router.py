@@ -9,7 +9,7 @@ from service.model_files import service
 from service.model_files.schemas import ModelOut
 from service.pagination import CursorQuery, LimitQuery, Page
 from service.storage import service as blobs
-from service.uploads import create_from_request, multipart_openapi
+from service.uploads import UPLOAD_RESPONSES, create_from_request, multipart_openapi
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
 
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
     "201 for a new model; 200 with the existing model when this tenant uploaded the same bytes before.",
     responses={
         200: {"model": ModelOut, "description": "Same bytes uploaded before: the existing model"},
-        413: {"description": "Upload over the size limit"},
+        **UPLOAD_RESPONSES,
         422: {"description": "Not a valid model"},
     },
     openapi_extra=multipart_openapi({"name": "Display name (default: the file name without .onnx)"}),
@@ -36,7 +36,8 @@ async def upload_model(
         request,
         db=db,
         limit=settings.max_model_bytes,
-        tmp_dir=settings.tmp_dir,
+        settings=settings,
+        tenant_id=tenant.id,
         allowed_fields={"name"},
         create=lambda upload: service.create_from_upload(
             db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import anyio
 import pytest
@@ -137,3 +139,178 @@ def test_an_unreachable_object_store_answers_503_and_stores_nothing(db_url, tmp_
     assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
     assert r.json()["type"].endswith("/store-unavailable") and "127.0.0.1" not in r.text
     assert count_rows(db, "models") == 0 and count_rows(db, "blobs") == 0  # nothing half-stored
+
+
+# --- slow, stalled and too many uploads (issue 15, item 10) ---------------------------------------------------
+
+
+def _scope(headers: dict[str, str]) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models",
+        "raw_path": b"/v1/models",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def _upload(app, auth: dict[str, str], body_after_head) -> tuple[int, dict, float]:
+    """Send the multipart head, then whatever `body_after_head()` (an async generator) yields; (status, body,
+    seconds to the answer)."""
+    headers = auth | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    chunks = body_after_head()
+    first = True
+    messages: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": _head(), "more_body": True}
+        try:
+            return {"type": "http.request", "body": await anext(chunks), "more_body": True}
+        except StopAsyncIteration:
+            return {"type": "http.request", "body": f"\r\n--{BOUNDARY}--\r\n".encode(), "more_body": False}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    start = time.monotonic()
+    with anyio.fail_after(30):  # every wait has a deadline
+        await app(_scope(headers), receive, send)
+    status = next(m for m in messages if m["type"] == "http.response.start")["status"]
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return status, json.loads(body), time.monotonic() - start
+
+
+async def _stall():
+    await anyio.sleep_forever()
+    yield b""
+
+
+@pytest.fixture
+def paced(settings):
+    settings.upload_idle_timeout_s = 0.5
+    settings.upload_min_bytes_per_s = 1000
+    return settings
+
+
+def test_a_stalled_body_is_cut_with_408_and_its_temp_file_removed(client, auth, paced, db, settings) -> None:
+    status, body, seconds = anyio.run(_upload, client.app, auth, _stall)
+    assert status == 408 and body["type"].endswith("/upload-timeout"), body
+    assert "sent nothing for 0.5 s" in body["detail"]
+    assert 0.4 < seconds < 10
+    assert list(settings.tmp_dir.glob("*")) == [] and count_rows(db, "models") == 0
+
+
+def test_a_dripped_body_is_cut_once_under_the_minimum_rate(client, auth, paced, settings) -> None:
+    async def drip():
+        for _ in range(1000):  # 10 bytes every 0.05 s: 200 bytes/s, never idle for 0.5 s
+            await anyio.sleep(0.05)
+            yield b"\0" * 10
+
+    status, body, seconds = anyio.run(_upload, client.app, auth, drip)
+    assert status == 408 and "under the minimum of 1000 bytes/s" in body["detail"], body
+    assert seconds < 10, "a dripped body held the upload past its minimum rate"
+    assert list(settings.tmp_dir.glob("*")) == []
+
+
+def test_uploads_in_flight_per_tenant_are_bounded_and_other_tenants_are_not(
+    client, auth, other_auth, paced, settings
+) -> None:
+    settings.max_uploads_per_tenant = 2
+    settings.upload_idle_timeout_s = 2.0
+
+    async def scenario() -> list[tuple[str, int, dict]]:
+        results: list[tuple[str, int, dict]] = []
+
+        async def one(who: str, headers: dict[str, str], delay: float) -> None:
+            await anyio.sleep(delay)
+            status, body, _ = await _upload(client.app, headers, _stall)
+            results.append((who, status, body))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "acme-1", auth, 0)
+            tg.start_soon(one, "acme-2", auth, 0)
+            tg.start_soon(one, "acme-3", auth, 0.3)  # while the two hold the tenant's slots
+            tg.start_soon(one, "globex", other_auth, 0.3)
+        return results
+
+    results = {who: (status, body) for who, status, body in anyio.run(scenario)}
+    status, body = results["acme-3"]
+    assert status == 429 and body["type"].endswith("/too-many-uploads"), body
+    assert "2 uploads in flight" in body["detail"]
+    assert results["acme-1"][0] == results["acme-2"][0] == 408
+    assert results["globex"][0] == 408, "another tenant's upload was refused"
+    # the slots are given back: the next upload of the tenant is read and checked
+    settings.upload_idle_timeout_s = 30
+    r = client.post("/v1/models", headers=auth, files={"file": ("m.onnx", b"not a model")})
+    assert r.status_code == 422, r.text
+
+
+def test_checks_wait_their_turn_and_answer_503_past_the_deadline() -> None:
+    from service.errors import AppError
+    from service.uploads import CheckTurns
+
+    async def scenario() -> None:
+        turns = CheckTurns()
+        held = await turns.wait_turn(1, 1.0)
+        with pytest.raises(AppError) as err:
+            await turns.wait_turn(1, 0.2)
+        assert err.value.status == 503 and err.value.type == "checks-busy"
+        held.release()
+        (await turns.wait_turn(1, 0.2)).release()  # free again
+
+    anyio.run(scenario)
+
+
+def test_parallel_uploads_run_at_most_max_concurrent_checks_children(
+    client, auth, settings, tmp_path, monkeypatch
+) -> None:
+    """Six uploads at once with one check allowed: every upload succeeds, one checking child at a time."""
+    from service import sandboxing
+    from tests import onnx_models
+
+    settings.max_concurrent_checks = 1
+    running = peak = 0
+    real, lock = sandboxing.run_isolated, threading.Lock()
+
+    def counting(*args, **kwargs):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(sandboxing, "run_isolated", counting)
+    models = [onnx_models.mlp(tmp_path / f"m{i}.onnx", hidden=8 + i).read_bytes() for i in range(6)]
+
+    async def scenario() -> list[int]:
+        statuses: list[int] = []
+
+        async def one(data: bytes) -> None:
+            async def rest():
+                yield data
+
+            status, body, _ = await _upload(client.app, auth, rest)
+            statuses.append(status)
+
+        async with anyio.create_task_group() as tg:
+            for data in models:
+                tg.start_soon(one, data)
+        return statuses
+
+    settings.max_uploads_per_tenant = 8
+    assert sorted(anyio.run(scenario)) == [201] * 6
+    assert peak == 1, f"{peak} checking children ran at once with max_concurrent_checks=1"
