@@ -72,33 +72,72 @@ def transaction(ctx: Context) -> Iterator[Session]:
 
 
 class Heartbeat:
-    """The sandbox monitor: records progress and liveness; says stop when the job was cancelled or taken over."""
+    """Liveness and progress of one attempt, written to the job's row by a thread of its own every `interval`
+    from the claim to the end of the save: fetching inputs, running the engine and storing outputs all beat,
+    and nothing the attempt does on its own thread can delay a beat (the engine runs in a child process).
+
+    Also the sandbox's monitor: called with the child's progress messages, it records them (written within
+    0.25 s) and says stop once the job was cancelled or taken over."""
+
+    MIN_GAP_S = 0.25
 
     def __init__(self, ctx: Context, job_id: str, attempt: int) -> None:
         self.ctx, self.job_id, self.attempt = ctx, job_id, attempt
         self.interval = min(1.0, ctx.settings.job_lease_s / 3)
-        self.last_write = 0.0
         self.progress: float | None = None
         self.stage: str | None = None
-        self.dirty = False
+        self.lost = threading.Event()  # cancelled or taken over: the attempt should stop
+        self.longest_gap = 0.0  # between two successful writes; compare with the lease
+        self.saving = False  # set once the outputs are being saved: the job's end is then ours
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        if self.longest_gap > self.ctx.settings.job_lease_s / 2:
+            log.warning(
+                "job %s: heartbeats were up to %.1f s apart, over half the %.0f s lease (ONNXSMITH_JOB_LEASE_S): "
+                "raise the lease or lower the load",
+                self.job_id,
+                self.longest_gap,
+                self.ctx.settings.job_lease_s,
+            )
 
     def __call__(self, message: dict[str, Any] | None) -> bool:
         if message:
-            self.progress, self.stage, self.dirty = message.get("progress"), message.get("stage"), True
-        now = time.monotonic()
-        due = now - self.last_write >= self.interval
-        if not due and not (self.dirty and now - self.last_write >= 0.25):
-            return True
+            self.progress, self.stage = message.get("progress"), message.get("stage")
+            self._wake.set()
+        return not self.lost.is_set()
+
+    def _loop(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            if self._beat():
+                now = time.monotonic()
+                self.longest_gap, last = max(self.longest_gap, now - last), now
+            if self.lost.is_set():
+                return
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self._stop.wait(self.MIN_GAP_S)  # progress messages batched: at most 4 writes a second
+
+    def _beat(self) -> bool:
         try:
             with transaction(self.ctx) as db:
                 alive = repo.heartbeat(db, self.job_id, self.attempt, progress=self.progress, stage=self.stage)
         except (OperationalError, DBAPIError):
             log.warning("job %s: heartbeat failed, will try again", self.job_id, exc_info=True)
-            return True
-        self.last_write, self.dirty = now, False
-        if not alive:
+            return False
+        if not alive and not self.saving:
             log.info("job %s: cancelled or taken over, stopping attempt %d", self.job_id, self.attempt)
-        return alive
+            self.lost.set()
+        return True
 
 
 def execute(job_id: str, *, kind: str, task: Any) -> None:
@@ -213,35 +252,47 @@ def _run_attempt(ctx: Context, job_id: str, attempt: int, kind_name: str) -> Non
     with tempfile.TemporaryDirectory(dir=s.tmp_dir, prefix=f"{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / OWNER_FILE).write_text(json.dumps(process_identity()))  # orphaned if this worker is killed
-        heartbeat = Heartbeat(ctx, job_id, attempt)
-        t0 = time.perf_counter()
-        heartbeat({"progress": 0.0, "stage": "fetching inputs"})
-        with transaction(ctx) as db:
-            rows = execution.load_inputs(db, job_id)
-        inputs = execution.download_inputs(ctx.store, rows, tmp, max_threads=s.job_threads)
-        t_fetched = time.perf_counter()
-        threads = s.job_threads  # the most a job may use; the kind's params choose within it
-        limits = Limits(memory_mb=s.job_memory_mb, timeout_s=s.job_time_limit_s, threads=threads)
-        result = run_isolated(
-            "engine.registry:run_in_child",
-            {"kind": kind_name, "inputs": inputs.model_dump(mode="json"), "params": rows.job.params},
-            limits,
-            monitor=heartbeat,
-            poll_s=heartbeat.interval,
-            warm=True,  # forked from a preloaded forkserver: milliseconds instead of an interpreter start
-        )
-        t_ran = time.perf_counter()
-        output = JobOutput.model_validate(result.value)
-        try:
-            with transaction(ctx) as db:  # all of it, or none if the job is no longer ours
-                saved = execution.save_outputs(
-                    db, ctx.store, job=rows.job, attempt=attempt, out_dir=Path(inputs.out_dir), output=output
-                )
-                if not saved:
-                    raise _ResultDropped
-        except _ResultDropped:
-            log.info("job %s: result of attempt %d dropped (cancelled or taken over)", job_id, attempt)
-            return
+        with Heartbeat(ctx, job_id, attempt) as heartbeat:
+            heartbeat({"progress": 0.0, "stage": "fetching inputs"})
+            _run_engine_and_save(ctx, job_id, attempt, kind_name, tmp, heartbeat)
+
+
+def _run_engine_and_save(
+    ctx: Context, job_id: str, attempt: int, kind_name: str, tmp: Path, heartbeat: Heartbeat
+) -> bool:
+    """Fetch, run, save; False when the result was dropped (the attempt was cancelled or taken over)."""
+    s = ctx.settings
+    t0 = time.perf_counter()
+    with transaction(ctx) as db:
+        rows = execution.load_inputs(db, job_id)
+    inputs = execution.download_inputs(ctx.store, rows, tmp, max_threads=s.job_threads)
+    t_fetched = time.perf_counter()
+    if heartbeat.lost.is_set():
+        log.info("job %s: attempt %d stopped after fetching its inputs (cancelled or taken over)", job_id, attempt)
+        return False
+    threads = s.job_threads  # the most a job may use; the kind's params choose within it
+    limits = Limits(memory_mb=s.job_memory_mb, timeout_s=s.job_time_limit_s, threads=threads)
+    result = run_isolated(
+        "engine.registry:run_in_child",
+        {"kind": kind_name, "inputs": inputs.model_dump(mode="json"), "params": rows.job.params},
+        limits,
+        monitor=heartbeat,
+        poll_s=heartbeat.interval,
+        warm=True,  # forked from a preloaded forkserver: milliseconds instead of an interpreter start
+    )
+    t_ran = time.perf_counter()
+    output = JobOutput.model_validate(result.value)
+    heartbeat.saving = True
+    try:
+        with transaction(ctx) as db:  # all of it, or none if the job is no longer ours
+            saved = execution.save_outputs(
+                db, ctx.store, job=rows.job, attempt=attempt, out_dir=Path(inputs.out_dir), output=output
+            )
+            if not saved:
+                raise _ResultDropped
+    except _ResultDropped:
+        log.info("job %s: result of attempt %d dropped (cancelled or taken over)", job_id, attempt)
+        return False
     log.info(
         "job %s succeeded in attempt %d (fetch %.3f s, engine %.3f s, save %.3f s)",
         job_id,
@@ -250,6 +301,7 @@ def _run_attempt(ctx: Context, job_id: str, attempt: int, kind_name: str) -> Non
         t_ran - t_fetched,
         time.perf_counter() - t_ran,
     )
+    return True
 
 
 class _ResultDropped(Exception):

@@ -356,3 +356,41 @@ def test_the_reconciler_never_takes_a_job_its_own_worker_runs_for_lost(client, a
         assert reconcile_once(None, ctx, Broker(depth=0))["requeued"] == 0
     assert reconcile_once(None, ctx, Broker(depth=0))["requeued"] == 1  # nobody here runs it: it was lost
     engine.dispose()
+
+
+def test_the_heartbeat_beats_from_its_own_thread_while_the_attempt_is_busy_and_sees_a_cancel(
+    client, auth, setup, settings, db
+) -> None:
+    """The heartbeat was written only when the sandbox's watch loop called it, so a long fetch or save (or a
+    watch loop starved on a busy machine) let it go stale past the lease. It now beats from a thread of its own."""
+    import time
+
+    import sqlalchemy as sa
+
+    from service.db import make_engine, make_session_factory
+    from service.storage import open_store
+    from workers.runner import Context, Heartbeat
+
+    settings.job_lease_s = 0.9  # a beat every 0.3 s
+    body = {"kind": "evaluate", "model_id": setup["model"], "datasets": {"eval": setup["labeled"]}}
+    job = client.post("/v1/jobs", headers=auth, json=body).json()
+    db.execute(sa.text("UPDATE jobs SET status = 'running', attempts = 1, heartbeat_at = NULL WHERE id = :id"), job)
+    db.commit()
+
+    def heartbeat_age() -> float:
+        db.expire_all()
+        return db.scalar(sa.text("SELECT extract(epoch FROM now() - heartbeat_at) FROM jobs WHERE id = :id"), job)
+
+    engine = make_engine(settings.resolved_database_url)
+    ctx = Context(settings, make_session_factory(engine), open_store(settings))
+    with Heartbeat(ctx, job["id"], 1) as heartbeat:
+        time.sleep(2.0)  # the attempt's own thread busy (a long fetch): nobody calls the heartbeat
+        assert heartbeat_age() < 0.9, "the heartbeat went stale while the attempt's thread was busy"
+        assert heartbeat({"progress": 0.5, "stage": "half way"}) is True
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+        deadline = time.monotonic() + 10
+        while not heartbeat.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heartbeat.lost.is_set() and heartbeat(None) is False, "a cancel did not stop the attempt"
+    assert heartbeat.longest_gap < 0.9
+    engine.dispose()
