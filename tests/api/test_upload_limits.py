@@ -114,31 +114,52 @@ def test_raw_path_like_filename_is_refused(client, auth, db, settings, filename)
     assert count_rows(db, "models") == 0
 
 
-def test_an_unreachable_object_store_answers_503_and_stores_nothing(db_url, tmp_path, db) -> None:
-    """The store down (here: an S3 endpoint nobody listens on) was the generic 500 internal-error."""
+def test_an_unreachable_object_store_answers_503_stores_nothing_and_recovers(db_url, tmp_path, db) -> None:
+    """The store down (here: an S3 endpoint nobody listens on) was the generic 500 internal-error. Once an S3
+    server answers on that endpoint, the next upload succeeds: nothing in the API has to be restarted."""
+    import boto3
     from fastapi.testclient import TestClient
+    from moto.server import ThreadedMotoServer
 
     from service.app import create_app
     from service.settings import Settings
     from tests import onnx_models
     from tests.conftest import count_rows, create_key, free_port
 
+    port = free_port()
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=db_url,
         storage_url="s3://onnxsmith-down/p",
-        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        s3_endpoint_url=f"http://127.0.0.1:{port}",
         s3_region="us-east-1",
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
     )
     auth = {"Authorization": f"Bearer {create_key(settings, 'acme')}"}
     model = onnx_models.mlp(tmp_path / "m.onnx")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client, open(model, "rb") as f:
-        r = client.post("/v1/models", headers=auth, files={"file": ("m.onnx", f)})
-    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
-    assert r.json()["type"].endswith("/store-unavailable") and "127.0.0.1" not in r.text
-    assert count_rows(db, "models") == 0 and count_rows(db, "blobs") == 0  # nothing half-stored
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        with open(model, "rb") as f:
+            r = client.post("/v1/models", headers=auth, files={"file": ("m.onnx", f)})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["type"].endswith("/store-unavailable") and "127.0.0.1" not in r.text
+        assert count_rows(db, "models") == 0 and count_rows(db, "blobs") == 0  # nothing half-stored
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            boto3.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ).create_bucket(Bucket="onnxsmith-down")
+            with open(model, "rb") as f:
+                r = client.post("/v1/models", headers=auth, files={"file": ("m.onnx", f)})
+            assert r.status_code == 201, r.text
+            assert client.get(f"/v1/models/{r.json()['id']}/content", headers=auth).content == model.read_bytes()
+        finally:
+            server.stop()
 
 
 # --- slow, stalled and too many uploads (issue 15, item 10) ---------------------------------------------------

@@ -78,18 +78,17 @@ def redis_db(request: pytest.FixtureRequest) -> Iterator[int]:
     client.flushdb()
 
 
-@pytest.fixture(scope="module")
-def e2e_env(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory, request) -> dict[str, str]:
-    data = tmp_path_factory.mktemp("e2e-data")
+def topology_env(*, data: Path, database_url: str, broker_url: str, visibility_timeout_s: int = 120) -> dict[str, str]:
+    """The environment of the test's workers: short leases and reconcile intervals so faults resolve in seconds."""
     env = dict(os.environ)
     env.update(
         ONNXSMITH_DATA_DIR=str(data),
-        ONNXSMITH_DATABASE_URL=pg_url,
+        ONNXSMITH_DATABASE_URL=database_url,
         ONNXSMITH_STORAGE_URL=(data / "store").as_uri(),
-        ONNXSMITH_BROKER_URL=f"{REDIS}/{redis_db}",
+        ONNXSMITH_BROKER_URL=broker_url,
         ONNXSMITH_JOB_LEASE_S="2",
         ONNXSMITH_JOB_TIME_LIMIT_S="60",
-        ONNXSMITH_VISIBILITY_TIMEOUT_S=str(getattr(request.module, "VISIBILITY_TIMEOUT_S", 120)),
+        ONNXSMITH_VISIBILITY_TIMEOUT_S=str(visibility_timeout_s),
         ONNXSMITH_JOB_MAX_ATTEMPTS="3",
         ONNXSMITH_RECONCILE_INTERVAL_S="1",
         ONNXSMITH_REQUEUE_AFTER_S="3",
@@ -97,39 +96,67 @@ def e2e_env(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory
     return env
 
 
-@pytest.fixture(scope="module")
-def start_worker(e2e_env: dict[str, str], tmp_path_factory) -> Iterator[Callable[..., Worker]]:
+def settings_for(env: dict[str, str]) -> Settings:
+    """The API's settings matching the workers' environment."""
+    return Settings(
+        data_dir=Path(env["ONNXSMITH_DATA_DIR"]),
+        database_url=env["ONNXSMITH_DATABASE_URL"],
+        storage_url=env["ONNXSMITH_STORAGE_URL"],
+        broker_url=env["ONNXSMITH_BROKER_URL"],
+        job_lease_s=float(env["ONNXSMITH_JOB_LEASE_S"]),
+        job_time_limit_s=float(env["ONNXSMITH_JOB_TIME_LIMIT_S"]),
+    )
+
+
+@contextlib.contextmanager
+def worker_starter(env: dict[str, str], logs: Path) -> Iterator[Callable[..., Worker]]:
+    """`start(**env overrides)` starts a worker process; all of them are stopped at the end."""
     workers: list[Worker] = []
-    logs = tmp_path_factory.mktemp("worker-logs")
 
     def start(**overrides: str) -> Worker:
-        env = dict(e2e_env, **overrides)
-        w = Worker(env, logs / f"w{len(workers)}.log", f"w{len(workers)}-{os.getpid()}")
+        w = Worker(dict(env, **overrides), logs / f"w{len(workers)}.log", f"w{len(workers)}-{os.getpid()}")
         workers.append(w)
         return w
 
-    yield start
-    for w in workers:
-        w.stop()
+    try:
+        yield start
+    finally:
+        for w in workers:
+            w.stop()
+
+
+@contextlib.contextmanager
+def api_client(settings: Settings, tenant: str = "acme") -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {create_key(settings, tenant)}"
+        yield c
+
+
+@pytest.fixture(scope="module")
+def e2e_env(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory, request) -> dict[str, str]:
+    return topology_env(
+        data=tmp_path_factory.mktemp("e2e-data"),
+        database_url=pg_url,
+        broker_url=f"{REDIS}/{redis_db}",
+        visibility_timeout_s=getattr(request.module, "VISIBILITY_TIMEOUT_S", 120),
+    )
+
+
+@pytest.fixture(scope="module")
+def start_worker(e2e_env: dict[str, str], tmp_path_factory) -> Iterator[Callable[..., Worker]]:
+    with worker_starter(e2e_env, tmp_path_factory.mktemp("worker-logs")) as start:
+        yield start
 
 
 @pytest.fixture
 def e2e_settings(e2e_env: dict[str, str], db_url: str) -> Settings:
     assert db_url == e2e_env["ONNXSMITH_DATABASE_URL"]
-    return Settings(
-        data_dir=Path(e2e_env["ONNXSMITH_DATA_DIR"]),
-        database_url=db_url,
-        storage_url=e2e_env["ONNXSMITH_STORAGE_URL"],
-        broker_url=e2e_env["ONNXSMITH_BROKER_URL"],
-        job_lease_s=2,
-        job_time_limit_s=60,
-    )
+    return settings_for(e2e_env)
 
 
 @pytest.fixture
 def api(e2e_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(e2e_settings), raise_server_exceptions=False) as c:
-        c.headers["Authorization"] = f"Bearer {create_key(e2e_settings, 'acme')}"
+    with api_client(e2e_settings) as c:
         yield c
 
 

@@ -63,15 +63,21 @@ class Cluster:
     def stop(self) -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
 
+    def ready(self) -> bool:
+        probe = [_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+    def start_if_stopped(self) -> None:
+        """Back up after a test that stopped it (and failed before restarting it)."""
+        if not self.ready():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.start()
+            self.wait_ready()
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (
-                subprocess.run(
-                    [_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
-                ).returncode
-                == 0
-            ):  # noqa: E501
+            if self.ready():
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise TimeoutError(f"the test cluster on port {self.port} did not come up in {timeout:g} s")

@@ -12,8 +12,8 @@ from engine.sandbox import is_alive, process_identity
 from tests import onnx_models
 from tests.e2e.conftest import wait_job
 from tests.e2e.test_jobs import submit, upload_model
+from tests.faults.test_recovery import record
 
-REDIS_DB = 12
 VISIBILITY_TIMEOUT_S = 6
 
 
@@ -52,9 +52,13 @@ def test_killed_worker_job_completes_once_on_another(api, start_worker, tmp_path
     first = start_worker()
     job = _start_long_job(api, tmp_path)
     first.kill()
+    killed = time.monotonic()
     assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
     second = start_worker()
+    started = time.monotonic()
     done = wait_job(api, job["id"], timeout=90)
+    record("worker killed mid-job, from the kill (a new worker starting)", time.monotonic() - killed)
+    record("worker killed mid-job, from the other worker's start", time.monotonic() - started)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
     report = api.get(f"/v1/jobs/{job['id']}/report").json()
