@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from engine.machine import machine_info  # noqa: E402
+
 TESTS = ["tests/faults/test_recovery.py", "tests/faults/test_worker_loss.py"]
 
 
@@ -43,7 +45,7 @@ def main() -> None:
         for line in log.read_text().splitlines():
             row = json.loads(line)
             times[row["fault"]].append(row["seconds"])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.runs} runs\n")
+    print(f"machine: {machine_info().cpu_model}, {os.cpu_count()} CPUs; {args.runs} runs\n")
     print("| fault | recovery, median (min-max) s | runs |\n| --- | --- | --- |")
     for fault, values in times.items():
         print(f"| {fault} | {statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}) | {len(values)} |")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.machine import machine_info  # noqa: E402
 from tests.onnx_models import big_mlp, mlp  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         "api_peak_rss_growth_mb": [round(r["rss_growth_mb"], 1) for r in results],
         "api_peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in results],
         "check_child_peak_rss_mb": child,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{machine_info().cpu_model}, {os.cpu_count()} cores",
         "storage": "local folder (embedded default), SQLite",
     }
     print(json.dumps(summary, indent=2))

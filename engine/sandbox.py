@@ -48,6 +48,14 @@ _PRELOAD = [
     "engine.inspect",
     "engine.datasets",
     "engine.warmup",
+    # what every child needs before it runs anything: without these each child imported them anew (where no .pyc
+    # can be written, compiling engine/sandbox.py from source: ~15 ms a job; bench/job_overhead.py)
+    "engine.sandbox",
+    "ctypes",
+    "resource",
+    "multiprocessing.popen_fork",
+    "multiprocessing.popen_forkserver",
+    "encodings.cp437",  # zip member names (npz datasets)
 ]
 
 Monitor = Callable[[dict[str, Any] | None], bool]

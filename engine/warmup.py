@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from engine.machine import machine_info
 from engine.runtime import session_options
 
 
@@ -27,3 +28,4 @@ def _warm_up() -> None:
 
 
 _warm_up()
+machine_info()  # CPU model and flags read once here, inherited by every child

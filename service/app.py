@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from service.jobs.router import router as jobs_router
 from service.model_files.router import router as models_router
 from service.settings import Settings, get_settings
 from service.storage import open_store
+from service.tenants import service as tenants
 
 log = logging.getLogger("onnxsmith.api")
 
@@ -34,6 +36,11 @@ Errors are `application/problem+json` (RFC 9457).
 """
 
 
+# API connections are checked before use only after this long idle (not on every request: that was one database
+# round trip in three on GET /v1/jobs/{id}; bench/api_load.py)
+IDLE_PING_S = 5.0
+
+
 class DatabaseNotAtHead(RuntimeError):
     pass
 
@@ -44,10 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(
-            settings.resolved_database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size
+            settings.resolved_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
+            ping_after_idle_s=IDLE_PING_S,
         )
         # at most as many handler threads as pooled connections: a thread never waits for a connection
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         current, head = migrations.current_revision(engine), migrations.head_revision()
         if current != head:
             engine.dispose()
@@ -62,6 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_store(settings)
         app.state.enqueuer = Enqueuer.for_settings(settings)
         app.state.link_key = links.secret_key(settings)
+        app.state.key_cache = tenants.KeyCache(settings.api_key_cache_s)
+        # What is alive after startup (imports, routes, schemas) lives as long as the process: out of the garbage
+        # collector's full passes, which otherwise walk it all (~30 ms here) in the middle of requests.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -72,7 +72,11 @@ class Base(DeclarativeBase):
     )
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, ping_after_idle_s: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`. On a server database, pooled connections are checked before use (they may have died
+    with a database restart): every time by default (SQLAlchemy's pre-ping, one round trip per checkout), or, with
+    `ping_after_idle_s`, only when idle longer than that (under load a connection is never idle, so no round trip;
+    a connection that breaks while busy fails its request, and the pool then replaces every older connection)."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
@@ -85,8 +89,31 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    if ping_after_idle_s is None:
+        kwargs.setdefault("pool_pre_ping", True)
+        return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, pool_pre_ping=False, **kwargs)
+    _ping_when_idle(engine, ping_after_idle_s)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or used a moment ago
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()
+        except Exception as e:  # the pool discards this connection and takes (or opens) another
+            raise sa.exc.DisconnectionError(str(e)) from e
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -17,7 +17,7 @@ from service.errors import AppError
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.tenants import service as tenants
-from service.tenants.tables import Tenant
+from service.tenants.service import Caller, KeyCache
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -103,25 +103,40 @@ def _unauthorized(detail: str) -> AppError:
     return AppError(401, "unauthorized", detail, title="Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticated(db: Session, creds: HTTPAuthorizationCredentials | None, *, missing_hint: str = "") -> Tenant:
-    """The tenant of a Bearer API key, or a 401."""
+def authenticated(
+    db: Session, creds: HTTPAuthorizationCredentials | None, cache: KeyCache, *, missing_hint: str = ""
+) -> Caller:
+    """The tenant of a Bearer API key, or a 401 (from the key cache when it is there; else the database)."""
     if creds is None:
         raise _unauthorized(f"missing API key: send 'Authorization: Bearer <key>'{missing_hint}")
-    tenant = tenants.authenticate(db=db, key=creds.credentials)
-    if tenant is None:
+    caller = cache.get(creds.credentials) or tenants.authenticate(db=db, key=creds.credentials)
+    if caller is None:
         raise _unauthorized("invalid or revoked API key")
-    return tenant
+    cache.put(creds.credentials, caller)
+    return caller
 
 
-def _tenant(db: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
-    tenant = authenticated(db, creds)
+def _tenant_from_database(db: Session, creds: HTTPAuthorizationCredentials | None, cache: KeyCache) -> Caller:
+    caller = authenticated(db, creds, cache)
     # End the read transaction now: an upload may stream for minutes and must not hold a pooled
     # connection (idle in transaction) meanwhile. Nothing is written yet, so this commits nothing.
     db.commit()
-    return tenant
+    return caller
 
 
-TenantDep = Annotated[Tenant, Depends(_tenant)]
+async def _tenant(
+    request: Request, db: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    """A key in the cache is answered on the event loop (no thread hop, no database); any other goes to the
+    database in the thread pool."""
+    cache: KeyCache = request.app.state.key_cache
+    cached = cache.get(creds.credentials) if creds is not None else None
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(_tenant_from_database, db, creds, cache)
+
+
+TenantDep = Annotated[Caller, Depends(_tenant)]
 OptionalCredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

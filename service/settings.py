@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(
         default=16,
-        description="Pooled database connections per API process (plus as many overflow); the API's thread "
-        "pool gets as many threads as that total, so a thread never waits for a connection.",
+        ge=1,
+        description="Database connections per API process, kept open once opened (no overflow connections opened "
+        "and closed under load); the API's thread pool gets as many threads, so a thread never waits for one. "
+        "PostgreSQL's max_connections must cover API processes x this, plus two per worker.",
     )
     storage_url: str | None = Field(
         default=None,
@@ -43,6 +45,12 @@ class Settings(BaseSettings):
         "machines serve the API).",
     )
     report_link_ttl_s: int = Field(default=3600, description="How long a signed report link stays valid.")
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an API process remembers a valid key (saves a database round trip per request); a "
+        "revoked key keeps working for up to this long. 0: look every key up in the database.",
+    )
     operator_key: SecretStr | None = Field(
         default=None,
         description="Bearer key that opens /metrics and the details of /readyz from anywhere (operators' tools).",

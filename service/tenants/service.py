@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -46,11 +49,60 @@ def create_key(*, db: Session, tenant_name: str, key_name: str | None = None) ->
     return NewKey(key=key, key_id=row.id, tenant=tenant)
 
 
-def authenticate(*, db: Session, key: str) -> Tenant | None:
-    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is from: the tenant of its API key (a plain value, safe to share between threads)."""
+
+    tenant_id: str
+    tenant_name: str
+
+    @property
+    def id(self) -> str:
+        return self.tenant_id
+
+
+def is_key_shaped(key: str) -> bool:
+    return key.startswith(KEY_PREFIX) and len(key) <= 200
+
+
+def authenticate(*, db: Session, key: str) -> Caller | None:
+    if not is_key_shaped(key):
         return None
     found = repo.get_active_key(db, hash_key(key))
-    return found[1] if found else None
+    return Caller(found[1].id, found[1].name) if found else None
+
+
+class KeyCache:
+    """Keys recently found valid, for `ttl_s` seconds: a request with a known key needs no database round trip to
+    authenticate. Only valid keys are kept (a new key works at once); a revoked key keeps working in a process that
+    has it cached until its entry expires (at most `ttl_s`). ttl_s = 0 turns the cache off. Thread-safe."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Caller | None:
+        if self.ttl_s <= 0:
+            return None
+        digest = hash_key(key)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, key: str, caller: Caller) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            self._entries[hash_key(key)] = (time.monotonic() + self.ttl_s, caller)
+            self._entries.move_to_end(hash_key(key))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
 
 def revoke_key(*, db: Session, key_id: str) -> bool:
