@@ -162,6 +162,28 @@ def _scrub(message: str, path: Path) -> str:
     return message.strip().splitlines()[0][:500] if message.strip() else message
 
 
+_TORCH_HINT = "export it to ONNX first: torch.onnx.export(model, example_inputs, 'model.onnx')"
+_OTHER_FORMATS = (  # (first bytes, what the file looks like, how to get an ONNX model from it)
+    (b"PK\x03\x04", "a zip archive, as PyTorch saves .pt/.pth checkpoints", _TORCH_HINT),
+    (b"\x80", "a Python pickle (a PyTorch checkpoint, or a scikit-learn model saved with pickle/joblib)",
+     f"{_TORCH_HINT}; a scikit-learn model: skl2onnx.to_onnx(model, X[:1])"),
+    (b"\x89HDF", "an HDF5 file, as Keras saves .h5 models", "convert it with tf2onnx (python -m tf2onnx.convert)"),
+    (b"TFL3", "a TensorFlow Lite model", "convert it with tf2onnx (python -m tf2onnx.convert --tflite)"),
+)  # fmt: skip
+
+
+def _format_hint(path: Path) -> str:
+    """For a file that is not ONNX: what it looks like and how to export an ONNX model from it, if we can tell."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    for magic, looks_like, how in _OTHER_FORMATS:
+        if head.startswith(magic) or (magic == b"TFL3" and head[4:8] == magic):
+            return f"; the file looks like {looks_like}: {how}"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return f"; the file looks like safetensors weights (weights without a graph): {_TORCH_HINT}"
+    return ""
+
+
 def load_untrusted(path: Path) -> ModelProto:
     size = path.stat().st_size
     if size == 0:
@@ -170,11 +192,13 @@ def load_untrusted(path: Path) -> ModelProto:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise EngineError(
-            ErrorCode.INVALID_MODEL, f"the file is not an ONNX model (protobuf parse failed: {_scrub(str(exc), path)})"
+            ErrorCode.INVALID_MODEL,
+            f"the file is not an ONNX model (protobuf parse failed: {_scrub(str(exc), path)}){_format_hint(path)}",
         ) from None
     if not model.HasField("graph") or model.ir_version == 0:
         raise EngineError(
-            ErrorCode.INVALID_MODEL, "the file is not an ONNX model (no graph or no IR version: not an ONNX protobuf)"
+            ErrorCode.INVALID_MODEL,
+            f"the file is not an ONNX model (no graph or no IR version: not an ONNX protobuf){_format_hint(path)}",
         )
     return model
 

@@ -2,6 +2,7 @@
 
 from onnxsmith.client import (
     AsyncClient,
+    BadApiKey,
     BadRequest,
     Client,
     Conflict,
@@ -9,6 +10,7 @@ from onnxsmith.client import (
     Invalid,
     Job,
     JobFailed,
+    NoApiKey,
     NotFound,
     OnnxsmithError,
     ProblemError,
@@ -21,6 +23,7 @@ from onnxsmith.types import OptimizeParams
 
 __all__ = [
     "AsyncClient",
+    "BadApiKey",
     "BadRequest",
     "Client",
     "Conflict",
@@ -28,6 +31,7 @@ __all__ = [
     "Invalid",
     "Job",
     "JobFailed",
+    "NoApiKey",
     "NotFound",
     "OptimizeParams",
     "OnnxsmithError",

@@ -21,7 +21,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.command("optimize")(optimize)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long paths and keys stay whole (copy-paste)
 
 
 def _settings() -> Any:
@@ -35,6 +35,40 @@ def _session() -> Any:
 
     engine = make_engine(_settings().resolved_database_url)
     return session_scope(make_session_factory(engine))
+
+
+def _admin_session() -> Any:
+    """A session for the admin commands (keys): a missing embedded database, one not migrated or one that cannot be
+    reached is a message naming where it looked (exit 2), never a traceback or a new empty database."""
+    from sqlalchemy import make_url
+
+    from service import migrations
+    from service.db import make_engine
+
+    settings = _settings()
+    url = settings.resolved_database_url
+    if settings.uses_embedded_database and not (settings.resolved_data_dir / "onnxsmith.db").is_file():
+        err.print(
+            f"error: no onnxsmith database in {settings.resolved_data_dir} (the data folder: ONNXSMITH_DATA_DIR, "
+            "by default ./onnxsmith-data in the current folder). Run this command in the folder where you ran "
+            "`onnxsmith serve`, or set ONNXSMITH_DATA_DIR (or ONNXSMITH_DATABASE_URL) to the service's.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        current = migrations.current_revision(make_engine(url))
+    except Exception as exc:  # noqa: BLE001 - any driver's connection error, said in one line
+        err.print(f"error: cannot open the database {shown}: {str(exc).splitlines()[0][:300]}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if current != migrations.head_revision():
+        err.print(
+            f"error: the database {shown} is at migration {current or 'none'}, this onnxsmith needs "
+            f"{migrations.head_revision()}: run `onnxsmith db upgrade`",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    return _session()
 
 
 def _log_to_stderr() -> None:
@@ -71,6 +105,12 @@ def serve(
                 new = tenants.create_key(db=db, tenant_name="default", key_name="created by serve")
                 err.print("API key for tenant 'default' (shown once, keep it):")
                 print(new.key, flush=True)
+            else:
+                err.print(
+                    "API keys exist in this data folder (shown only when created); another one: "
+                    "`onnxsmith keys create --tenant NAME` in this folder"
+                )
+        err.print(f"data folder: {settings.resolved_data_dir}")
     _log_to_stderr()
     worker_proc = _start_embedded_worker() if with_worker else None
     console.print(f"onnxsmith on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
@@ -96,7 +136,17 @@ def _start_embedded_worker() -> Any:
             pass
 
     return subprocess.Popen(
-        [sys.executable, "-m", "onnxsmith.cli", "worker", "--hostname", f"embedded-{os.getpid()}@%h"],
+        # -c rather than -m onnxsmith.cli: multiprocessing re-runs a `-m` main module in every job child (a
+        # RuntimeWarning from runpy in the console, and ~4 ms a job); a -c main is not re-run
+        [
+            sys.executable,
+            "-c",
+            "from onnxsmith.cli import main; main()",
+            "worker",
+            "--quiet",
+            "--hostname",
+            f"embedded-{os.getpid()}@%h",
+        ],  # fmt: skip
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before exec, no threads yet
     )
 
@@ -118,10 +168,18 @@ def worker(
     concurrency: int = typer.Option(1, help="Parallel jobs; keep 1 for the measure queue (speed measurements)"),
     loglevel: str = typer.Option("INFO", help="Celery log level"),
     hostname: str | None = typer.Option(None, help="Node name (default celery@<host>); unique per machine"),
+    quiet: bool = typer.Option(False, "--quiet", hidden=True, help="No banner, no warning about root (serve's own)"),
 ) -> None:
     """Start a Celery worker (ONNXSMITH_BROKER_URL, ONNXSMITH_DATABASE_URL, ONNXSMITH_STORAGE_URL)."""
     from engine.core.kind import QUEUES
     from workers.celery_app import app as celery_app
+
+    if quiet:  # the worker `serve` starts beside the API: same user as the API, its logs only
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
 
     argv = [
         "worker",
@@ -136,6 +194,8 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if quiet:
+        argv.insert(0, "--quiet")  # celery's own option, before the subcommand
     celery_app.worker_main(argv)
 
 
@@ -191,7 +251,7 @@ def keys_create(
     from service.tenants import service as tenants
 
     try:
-        for db in _session():
+        for db in _admin_session():
             new = tenants.create_key(db=db, tenant_name=tenant, key_name=name)
     except ValueError as exc:
         err.print(f"error: {exc}")
@@ -206,7 +266,7 @@ def keys_list(tenant: str | None = typer.Option(None, help="Only this tenant's k
     from service.tenants import service as tenants
 
     rows = [("ID", "TENANT", "PREFIX", "CREATED", "REVOKED", "NAME")]
-    for db in _session():
+    for db in _admin_session():
         for key, ten in tenants.list_keys(db=db, tenant_name=tenant):
             revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
             created = key.created_at.isoformat(timespec="seconds")
@@ -221,7 +281,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (see `keys 
     """Revoke a key: requests with it get 401 from now on."""
     from service.tenants import service as tenants
 
-    for db in _session():
+    for db in _admin_session():
         done = tenants.revoke_key(db=db, key_id=key_id)
     if not done:
         err.print(f"error: no active key {key_id!r}")

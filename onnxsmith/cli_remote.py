@@ -20,12 +20,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from onnxsmith.client import Client, ConnectionFailed, JobFailed, ProblemError
+from onnxsmith.client import BadApiKey, Client, ConnectionFailed, JobFailed, ProblemError
 
 EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_JOB_FAILED, EXIT_GOAL_NOT_MET, EXIT_SERVER_ERROR = 3, 4, 5, 6, 7
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long paths and keys stay whole (copy-paste)
 models_app = typer.Typer(help="Models: upload, list, show.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets: upload, list, show.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs: kinds, submit, list, show, wait, cancel, report.", no_args_is_help=True)
@@ -44,6 +44,9 @@ def remote(server: str | None, api_key: str | None) -> Iterator[Client]:
     except ConnectionFailed as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREACHABLE) from None
+    except BadApiKey as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_REFUSED) from None
     except ProblemError as exc:
         err.print(f"[red]error {exc.status} {escape(exc.type)}:[/red] {escape(exc.detail)}")
         for e in exc.errors:

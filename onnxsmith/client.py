@@ -77,6 +77,14 @@ class Unauthorized(ProblemError):
     """401: missing, invalid or revoked API key."""
 
 
+class NoApiKey(Unauthorized):
+    """401 to a client that has no API key at all: the message says how to give it one."""
+
+
+class BadApiKey(OnnxsmithError):
+    """The API key given cannot be sent (characters a header cannot carry); nothing was sent."""
+
+
 class NotFound(ProblemError):
     """404: unknown id, or another tenant's."""
 
@@ -168,9 +176,23 @@ def _base_url(given: str | None) -> str:
     return (given or os.environ.get("ONNXSMITH_URL", "http://127.0.0.1:8000")).rstrip("/")
 
 
+NO_KEY_HINT = (
+    "no API key set: pass api_key= to Client (--api-key on the command line) or set ONNXSMITH_API_KEY; "
+    "create one on the server with `onnxsmith keys create --tenant NAME`"
+)
+
+
 def _connection(base_url: str, api_key: str | None) -> dict[str, Any]:
-    """httpx client arguments; the key defaults to ONNXSMITH_API_KEY."""
-    key = api_key or os.environ.get("ONNXSMITH_API_KEY", "")
+    """httpx client arguments; the key defaults to ONNXSMITH_API_KEY. Without a key no Authorization header is
+    sent (the calls that need one answer NoApiKey)."""
+    key = (api_key or os.environ.get("ONNXSMITH_API_KEY", "")).strip()
+    if not key:
+        return {"base_url": base_url}
+    if not key.isascii() or not key.isprintable() or " " in key:
+        raise BadApiKey(
+            "the API key has characters an HTTP header cannot carry (spaces, line breaks or non-ASCII): "
+            "check ONNXSMITH_API_KEY or --api-key (keys look like osk_ followed by 43 letters, digits, - or _)"
+        )
     return {"base_url": base_url, "headers": {"Authorization": f"Bearer {key}"}}
 
 
@@ -201,6 +223,8 @@ def _settle(
         return None
     if method == "DELETE" and attempt > 0 and response.status_code == 404:
         return response  # an earlier attempt deleted it and its answer was lost
+    if response.status_code == 401 and "authorization" not in response.request.headers:
+        raise NoApiKey(401, {"type": "unauthorized", "detail": NO_KEY_HINT})
     if response.status_code >= 400:
         raise problem_error(response)
     return response

@@ -103,12 +103,29 @@ def _unauthorized(detail: str) -> AppError:
     return AppError(401, "unauthorized", detail, title="Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
+def _without_bearer(header: str | None, missing_hint: str) -> str:
+    """What is wrong with a request that has no Bearer credentials, from its Authorization header."""
+    send = "send 'Authorization: Bearer <key>'"
+    scheme, _, rest = (header or "").strip().partition(" ")
+    if not scheme or (scheme.lower() == "bearer" and not rest.strip()):
+        return f"missing API key: {send}{missing_hint}"
+    if not rest and scheme.startswith(tenants.KEY_PREFIX):
+        return f"the Authorization header has a key but no scheme: {send}"
+    return f"Authorization scheme {scheme[:20]!r} is not accepted: {send}"
+
+
 def authenticated(
-    db: Session, creds: HTTPAuthorizationCredentials | None, cache: KeyCache, *, missing_hint: str = ""
+    db: Session,
+    creds: HTTPAuthorizationCredentials | None,
+    cache: KeyCache,
+    *,
+    header: str | None = None,
+    missing_hint: str = "",
 ) -> Caller:
-    """The tenant of a Bearer API key, or a 401 (from the key cache when it is there; else the database)."""
+    """The tenant of a Bearer API key, or a 401 (from the key cache when it is there; else the database).
+    `header`, the raw Authorization header, makes the 401 say what is wrong with it."""
     if creds is None:
-        raise _unauthorized(f"missing API key: send 'Authorization: Bearer <key>'{missing_hint}")
+        raise _unauthorized(_without_bearer(header, missing_hint))
     caller = cache.get(creds.credentials) or tenants.authenticate(db=db, key=creds.credentials)
     if caller is None:
         raise _unauthorized("invalid or revoked API key")
@@ -116,8 +133,10 @@ def authenticated(
     return caller
 
 
-def _tenant_from_database(db: Session, creds: HTTPAuthorizationCredentials | None, cache: KeyCache) -> Caller:
-    caller = authenticated(db, creds, cache)
+def _tenant_from_database(
+    db: Session, creds: HTTPAuthorizationCredentials | None, cache: KeyCache, header: str | None
+) -> Caller:
+    caller = authenticated(db, creds, cache, header=header)
     # End the read transaction now: an upload may stream for minutes and must not hold a pooled
     # connection (idle in transaction) meanwhile. Nothing is written yet, so this commits nothing.
     db.commit()
@@ -133,7 +152,8 @@ async def _tenant(
     cached = cache.get(creds.credentials) if creds is not None else None
     if cached is not None:
         return cached
-    return await run_in_threadpool(_tenant_from_database, db, creds, cache)
+    header = request.headers.get("authorization")
+    return await run_in_threadpool(_tenant_from_database, db, creds, cache, header)
 
 
 TenantDep = Annotated[Caller, Depends(_tenant)]

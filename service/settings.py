@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     def resolved_broker_url(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return "filesystem://"
+        return "filesystem://localhost/"  # a host named: kombu warns twice per process without one
 
     @property
     def broker_folder(self) -> Path:

@@ -39,11 +39,15 @@ MAX_FIELD_BYTES = 4096
 BUSY_RETRY_AFTER_S = 5
 
 
-def multipart_openapi(fields: dict[str, str]) -> dict:
-    """OpenAPI for a multipart body, so Swagger UI shows a file picker (the body is parsed by hand)."""
+def multipart_openapi(fields: dict[str, str], choices: dict[str, list[str]] | None = None) -> dict:
+    """OpenAPI for a multipart body, so Swagger UI shows a file picker (the body is parsed by hand). Optional fields
+    carry an empty example: Swagger UI otherwise pre-fills them with the word `string` and sends it; fields with
+    `choices` are enums (a drop-down with an empty choice)."""
     props: dict = {"file": {"type": "string", "format": "binary", "description": "The file to upload"}}
     for name, description in fields.items():
-        props[name] = {"type": "string", "description": description}
+        props[name] = {"type": "string", "description": description, "maxLength": MAX_FIELD_BYTES, "example": ""}
+        if choices and name in choices:
+            props[name] = {"type": "string", "description": description, "enum": choices[name]}
     return {
         "requestBody": {
             "required": True,

@@ -59,7 +59,10 @@ def resolve_roles(
                 break
     missing = [r for r in required if r not in resolved]
     if missing:
-        raise EngineError(ErrorCode.MISSING_DATASET, f"{name} needs a dataset for role(s) {missing}")
+        stand_in = " ('test' or 'validation' stand in for 'eval')" if "eval" in missing else ""
+        raise EngineError(
+            ErrorCode.MISSING_DATASET, f"{name} needs a dataset for role(s) {missing}{stand_in}; given: {sorted(given)}"
+        )
     return resolved
 
 

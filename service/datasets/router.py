@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.content import blob_response
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
+from service.datasets.service import FORMATS
 from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.pagination import CursorQuery, LimitQuery, Page
 from service.storage import service as blobs
@@ -34,7 +35,7 @@ _FIELDS = {
         **UPLOAD_RESPONSES,
         422: {"description": "Not a readable dataset"},
     },
-    openapi_extra=multipart_openapi(_FIELDS),
+    openapi_extra=multipart_openapi(_FIELDS, {"kind": ["samples", "history"], "format": list(FORMATS)}),
 )
 async def upload_dataset(
     request: Request, tenant: TenantDep, db: SessionDep, store: StoreDep, settings: SettingsDep

@@ -144,7 +144,11 @@ def get_report_html(
         tenant_id = service.tenant_for_report_link(db=db, job_id=job_id, token=token, key=request.app.state.link_key)
     else:
         tenant_id = authenticated(
-            db, creds, request.app.state.key_cache, missing_hint=" or use the job's report_url"
+            db,
+            creds,
+            request.app.state.key_cache,
+            header=request.headers.get("authorization"),
+            missing_hint=" or use the job's report_url",
         ).id
     job = service.get(db=db, tenant_id=tenant_id, job_id=job_id)
     report = service.report(db=db, tenant_id=tenant_id, job_id=job_id)

@@ -9,7 +9,19 @@ ROLES = ("train", "validation", "test", "calibration", "eval", "history")
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # Swagger UI pre-fills the body with this: a real request, not "string"s
+            "examples": [
+                {
+                    "kind": "evaluate",
+                    "model_id": "mdl_... (from POST /v1/models)",
+                    "datasets": {"eval": "dst_... (from POST /v1/datasets)"},
+                    "params": {},
+                }
+            ]
+        },
+    )
 
     kind: str = Field(description="Job kind, e.g. evaluate or benchmark", max_length=40)
     model_id: str = Field(max_length=40)

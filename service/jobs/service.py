@@ -35,9 +35,21 @@ def _request_hash(body: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def _params_error(exc: ValidationError) -> AppError:
+def _params_error(exc: ValidationError, kind: AnyKind) -> AppError:
+    accepted = ", ".join(kind.Params.model_fields)
+
+    def message(e: Any) -> str:
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            return f"not a parameter of {kind.name}; its parameters: {accepted}"
+        return str(e["msg"])
+
     errors = [
-        {"location": "body", "field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"], "type": e["type"]}
+        {
+            "location": "body",
+            "field": ".".join(["params", *map(str, e["loc"])]),
+            "message": message(e),
+            "type": e["type"],
+        }
         for e in exc.errors()
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -113,7 +125,7 @@ def _checked_params(body: JobCreate, settings: Settings) -> tuple[AnyKind, Any]:
     try:
         params = kind.Params.model_validate(body.params)
     except ValidationError as exc:
-        raise _params_error(exc) from None
+        raise _params_error(exc, kind) from None
     threads = kind.threads(params)
     if threads > settings.job_threads:
         raise _invalid(

@@ -71,7 +71,7 @@ def test_bad_job_requests(client, auth, other_auth, setup, tmp_path, db) -> None
             "incompatible-data",
             "history",
         ),
-        ({"kind": "evaluate", "model_id": m}, 422, "missing-dataset", "eval"),
+        ({"kind": "evaluate", "model_id": m}, 422, "missing-dataset", "'test' or 'validation' stand in for 'eval'"),
         ({"kind": "evaluate", "model_id": m, "datasets": {"eval": other_ds}}, 404, "not-found", other_ds),
         (
             {"kind": "evaluate", "model_id": "mdl_01m8n0k5rywv9byptk738d4r00", "datasets": {"eval": setup["labeled"]}},
@@ -94,6 +94,12 @@ def test_bad_job_requests(client, auth, other_auth, setup, tmp_path, db) -> None
         ({"kind": "benchmark", "model_id": m, "params": {"threads": [64]}}, 422, "validation-error", "threads"),
         ({"kind": "benchmark", "model_id": m, "params": {"batch_sizes": []}}, 422, "validation-error", "batch_sizes"),
         ({"kind": "benchmark", "model_id": m, "extra": 1}, 422, "validation-error", "extra"),
+        (  # another kind's param: the refusal lists the kind's own
+            {"kind": "benchmark", "model_id": m, "params": {"mode": "dynamic"}},
+            422,
+            "validation-error",
+            "params.mode: not a parameter of benchmark; its parameters: batch_sizes, threads",
+        ),
         ({"model_id": m}, 422, "validation-error", "kind"),
     ]
     for body, status, type_, words in cases:

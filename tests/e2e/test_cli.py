@@ -98,5 +98,9 @@ def test_commands_against_a_server(server, files, tmp_path) -> None:
     assert r.exit_code == 4 and "not-found" in r.stderr
     r = _run("models", "list", env={**env, "ONNXSMITH_API_KEY": "osk_wrong"})
     assert r.exit_code == 4 and "unauthorized" in r.stderr
+    r = _run("models", "list", env={**env, "ONNXSMITH_API_KEY": ""})  # none set: say so and how (was exit 3)
+    assert r.exit_code == 4 and "no API key set" in r.stderr and "ONNXSMITH_API_KEY" in r.stderr, r.stderr
+    r = _run("models", "list", env={**env, "ONNXSMITH_API_KEY": "osk_pasted\nwith a line break"})
+    assert r.exit_code == 4 and "cannot carry" in r.stderr, r.stderr
     r = _run("models", "list", env={**env, "ONNXSMITH_URL": f"http://127.0.0.1:{free_port()}"})
     assert r.exit_code == 3 and "cannot reach onnxsmith" in r.stderr

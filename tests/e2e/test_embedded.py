@@ -107,3 +107,9 @@ def test_serve_upload_evaluate_report_and_restart(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert _embedded_workers(pid) == [], "stopping serve stops its worker"
     assert (folder / "onnxsmith-data" / "onnxsmith.db").exists()
+    console = (folder / "serve.log").read_text()
+    # a quiet start: the key (first start) or how to make one (restart) and the data folder, then logs only
+    assert "API keys exist in this data folder" in console and "onnxsmith keys create" in console
+    assert f"data folder: {folder / 'onnxsmith-data'}" in console
+    for noise in ("SecurityWarning", "No hostname was supplied", "RuntimeWarning", "-------------- [queues]"):
+        assert noise not in console, f"{noise!r} in serve's console:\n{console}"

@@ -59,6 +59,32 @@ def test_bad_models_are_refused_with_a_reason(tmp_path: Path, make, code: str, w
     assert str(tmp_path) not in info.value.detail
 
 
+def _zip_checkpoint(path: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:  # the layout torch.save writes
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("archive/version", b"3\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (_zip_checkpoint, "torch.onnx.export"),
+        (lambda p: _write(p, b"\x80\x04\x95" + b"\x00" * 200), "skl2onnx.to_onnx"),
+        (lambda p: _write(p, b"\x89HDF\r\n\x1a\n" + b"\x00" * 200), "tf2onnx"),
+        (lambda p: _write(p, (20).to_bytes(8, "little") + b'{"w":{"dtype":"F32"}}' + b"\x00" * 64), "safetensors"),
+    ],
+    ids=["torch-zip", "pickle", "keras-h5", "safetensors"],
+)
+def test_files_of_other_frameworks_get_a_hint_to_export_them(tmp_path: Path, make, words: str) -> None:
+    with pytest.raises(EngineError) as info:
+        check_and_inspect(str(make(tmp_path / "model.pt")))
+    assert info.value.code == "invalid_model" and "not an ONNX model" in info.value.detail
+    assert words in info.value.detail, info.value.detail
+
+
 def test_truncated_model_is_refused(tmp_path: Path) -> None:
     good = onnx_models.mlp(tmp_path / "m.onnx").read_bytes()
     path = tmp_path / "cut.onnx"
