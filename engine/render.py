@@ -34,10 +34,37 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _tick(value: float) -> str:
-    if abs(value) >= 1000:
-        return f"{value / 1000:.3g}k"
-    return _fmt(float(value), 3)
+_SI = {-12: "p", -9: "n", -6: "µ", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T"}
+
+
+def axis_ticks(values: list[float]) -> list[str]:
+    """Labels for one axis's evenly spaced ticks in one format: plain numbers from 0.1 to 9999, else a shared SI
+    prefix (m, µ, k, M ...) chosen by the largest value; the fewest decimals (at most 3) that keep every label within
+    5% of a tick step of its value: 0, 4.5m, 8.9m, 13.4m (not 0.0134 beside 8.92e-03)."""
+    finite = [v for v in values if math.isfinite(v)]
+    largest = max((abs(v) for v in finite), default=0.0)
+    if largest == 0 or len(finite) != len(values):
+        return [_fmt(float(v), 3) for v in values]
+    exponent = 0 if 0.1 <= largest < 1e4 else max(-12, min(12, math.floor(math.log10(largest) / 3) * 3))
+    scale, prefix = 10.0**exponent, _SI[exponent]
+    scaled = [v / scale for v in values]
+    steps = [abs(b - a) for a, b in zip(scaled, scaled[1:], strict=False) if b != a]
+    tolerance = 0.05 * min(steps) if steps else 0.0
+    decimals = next((d for d in range(4) if all(abs(v - round(v, d)) <= tolerance for v in scaled)), 3)
+    labels = [f"{v:.{decimals}f}" for v in scaled]
+    return [("0" if float(label) == 0 else label + prefix) for label in labels]
+
+
+def human_bytes(value: Any) -> str:
+    """1,234,567 -> "1.18 MiB": sizes in tables stay short."""
+    if not isinstance(value, int | float):
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+        size /= 1024
+    return f"{size:.3g} GiB"
 
 
 def _esc(text: Any) -> str:
@@ -78,10 +105,10 @@ def line_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}" class="chart">'
     ]
-    for i in range(5):  # horizontal grid and y ticks
-        y = y_max * i / 4
+    y_ticks = [y_max * i / 4 for i in range(5)]
+    for y, label in zip(y_ticks, axis_ticks(y_ticks), strict=True):  # horizontal grid and y ticks
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{_tick(y)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
     ticks = sorted({x for x, _ in points})
     if len(ticks) > 12:  # long x axes (epochs): about ten ticks
         step = math.ceil(len(ticks) / 10)
@@ -249,13 +276,13 @@ def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: 
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}" class="chart">'
     ]
-    for i in range(5):
-        y = y_min + (y_max - y_min) * i / 4
-        x = x_min + (x_max - x_min) * i / 4
+    y_ticks = [y_min + (y_max - y_min) * i / 4 for i in range(5)]
+    x_ticks = [x_min + (x_max - x_min) * i / 4 for i in range(5)]
+    for y, x, y_label_, x_label_ in zip(y_ticks, x_ticks, axis_ticks(y_ticks), axis_ticks(x_ticks), strict=True):
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{_fmt(y, 4)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{y_label_}</text>')
         parts.append(
-            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11">{_fmt(x, 3)}</text>'
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="11">{x_label_}</text>'
         )
     parts.append(
         f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'
@@ -338,6 +365,7 @@ def _environment(folder: Path | None) -> Environment:
         loader = ChoiceLoader([FileSystemLoader(folder), _SHARED]) if folder is not None else _SHARED
         env = Environment(loader=loader, autoescape=select_autoescape(["html"]))
         env.filters["fmt"] = _fmt
+        env.filters["bytes"] = human_bytes
         env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
         env.globals.update(heatmap=heatmap, comparison_latency=comparison_latency)
         _envs[key] = env

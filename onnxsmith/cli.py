@@ -221,6 +221,26 @@ def cleanup(
     )
 
 
+@app.command("example-files")
+def example_files(
+    folder: str = typer.Argument(..., help="Where to write them (created if needed)"),
+    epochs: int = typer.Option(30, min=1, max=500, help="Training epochs of the digits MLP"),
+) -> None:
+    """Write the files the README's walk-throughs use: classifier.onnx and classifier-test.npz; digits_mlp.onnx,
+    train.npz, val.npz, test.npz and history.json (an MLP trained here with numpy)."""
+    from pathlib import Path
+
+    from engine.examples import write_examples
+
+    made = write_examples(Path(folder), epochs=epochs)
+    for path in made.files.values():
+        console.print(f"{path}  ({path.stat().st_size:,} bytes)", soft_wrap=True, highlight=False)
+    console.print(
+        f"digits data: {made.digits_source}; the MLP's test accuracy: {made.digits_test_accuracy:.3f}",
+        soft_wrap=True,
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Migrate the database (ONNXSMITH_DATABASE_URL) to the given revision."""

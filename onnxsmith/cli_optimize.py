@@ -8,6 +8,7 @@ report.html to `--out`. Exit codes as for the other commands (onnxsmith/cli_remo
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,8 @@ def _local(model: Path, datasets: dict[str, str], params: dict[str, Any], out: P
         raise typer.Exit(EXIT_JOB_FAILED) from None
     data = report.model_dump(mode="json")
     (out / "report.json").write_text(json.dumps(data, indent=2))
-    job = {"id": "local", "kind": "optimize", "status": "succeeded", "model_id": model.name}
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    job = {"local": True, "kind": "optimize", "status": "succeeded", "model_id": model.name, "finished_at": finished}
     (out / "report.html").write_text(render_report(data, job))
     produced = (data.get("recommended_model") or {}).get("filename")
     where = f"written to {out}/: " + (f"{produced}, " if produced else "") + "report.json, report.html"

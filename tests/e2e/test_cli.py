@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -35,7 +36,9 @@ def test_optimize_locally_writes_the_model_and_the_report(files, tmp_path) -> No
     assert report["goal_met"] and report["fit"]["verdict"] and report["recommended"] == 2
     assert (out / "optimized.onnx").stat().st_size == report["recommended_model"]["size_bytes"]
     assert json.loads((out / "report.json").read_text())["trials"] == report["trials"]
-    assert "The front" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "The front" in page and "run locally" in page and "report.json</code> beside it" in page
+    assert "/v1/jobs/local" not in page and re.search(r"finished 20\d\d-\d\d-\d\dT", page)
     assert not (out / "scratch").exists()
 
     # a size target nothing can meet: the closest is reported, exit code 6

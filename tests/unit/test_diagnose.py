@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,12 @@ def test_history_without_a_validation_column_warns(tmp_path, linear_classifier) 
     )
     assert report["history"]["best_epoch"] is None
     assert any("no validation column" in w for w in report["warnings"])
+    from engine.registry import render_report
+
+    page = render_report(report, {"id": "job_x", "kind": "diagnose", "status": "succeeded"})
+    text = re.sub(r"<[^>]+>", " ", page.split("<body", 1)[1])  # the page's words, not its markup or scripts
+    assert "Monitor —" not in text and "best epoch —" not in text and "no metric to monitor" in text
+    assert not re.search(r"\b(True|False|None)\b", text), re.findall(r".{60}\b(?:True|False|None)\b.{20}", text)
 
 
 def test_bad_inputs_fail_cleanly(tmp_path, linear_classifier) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,53 @@ def test_optimize_digits_recommends_a_smaller_model_within_the_drop(tmp_path, di
     assert "epochs" in distilled["steps"][-1]["detail"]
     page = render_report(report, {"id": "job_1", "kind": "optimize", "status": "succeeded", "model_id": "m"})
     assert "Fit of the original" in page and "The front" in page and "(recommended)" in page
+
+
+def test_progress_names_each_step_once(tmp_path) -> None:
+    """The stage read `trial 1/1 quantize (auto): quantize (auto): trial 2 of at most 10: dyn` (the step named twice,
+    two kinds of "trial", cut at 200 characters)."""
+    import numpy as np
+
+    from engine.core.inputs import JobInputs
+    from engine.registry import execute
+    from tests import data_files
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((8, 3)), rng.standard_normal(3)
+    model = onnx_models.linear(tmp_path / "lin.onnx", w, b)
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    ev = data_files.npz(tmp_path / "e.npz", x=x, y=(x @ w + b).argmax(axis=1))
+    stages: list[str] = []
+    inputs = JobInputs.model_validate(job_inputs(tmp_path, model, eval=ev))
+    execute("optimize", inputs, {"methods": ["quantize"], "runs": 5}, lambda f, stage: stages.append(stage))
+    quantize = [s for s in stages if "quantize (auto)" in s]
+    assert quantize and any("configuration 1 of at most" in s for s in quantize), stages
+    assert not [s for s in stages if s.count("quantize (auto)") > 1 or len(s) >= 200], stages
+
+
+def test_each_step_carries_only_its_own_notes(tmp_path) -> None:
+    """The simplify step showed an "unstructured sparsity" note and the prune step said "the next step is a distill
+    job" when quantize came next."""
+    import numpy as np
+
+    from engine.core.inputs import JobInputs
+    from engine.registry import execute
+    from tests import data_files
+
+    model = onnx_models.mlp(tmp_path / "mlp.onnx", n_in=20, hidden=64, n_out=5)
+    x = np.random.default_rng(0).standard_normal((200, 20)).astype(np.float32)
+    ev = data_files.npz(tmp_path / "e.npz", x=x, y=np.random.default_rng(1).integers(0, 5, 200))
+    inputs = JobInputs.model_validate(job_inputs(tmp_path, model, eval=ev))
+    params = {"methods": ["simplify", "prune", "quantize"], "ratios": [0.5], "runs": 5}
+    report = execute("optimize", inputs, params, lambda f, s: None).report
+    steps = {s["step"]: s for t in report["trials"] for s in t.get("steps") or []}
+    assert "simplify" in steps and any(k.startswith("prune") for k in steps), list(steps)
+    for name, step in steps.items():
+        notes = " ".join(step["warnings"])
+        assert "next step" not in notes, (name, notes)
+        if not name.startswith("prune"):
+            assert "pruning" not in notes and "sparsity" not in notes, (name, notes)
+    page = render_report(report, {"id": "job_1", "kind": "optimize", "status": "succeeded", "model_id": "m"})
+    meets_cells = re.findall(r'<td class="nowrap" title="[^"]*">([^<]*)</td>', page)
+    assert meets_cells and all(c in ("all ✓", "") or c.startswith("✗ ") for c in meets_cells), meets_cells
+    assert re.search(r">\d[\d.]* KiB</td>", page), "sizes in the trial table are human-readable"

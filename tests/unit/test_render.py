@@ -65,3 +65,17 @@ def test_auto_quantize_page_shows_every_trial_and_the_front() -> None:
     assert page.count('class="chosen"') == 1
     svg = str(scatter([{"x": 1.0, "y": 0.9, "label": "a", "front": True, "chosen": True}], x_label="x", y_label="y"))
     assert svg.count("<circle") == 4  # the point, its ring, and the two legend marks
+
+
+def test_axis_ticks_share_one_readable_si_format() -> None:
+    """Ticks mixed `0.0134` and `8.92e-03` on one axis, and long labels ran into the axis title."""
+    from engine.render import axis_ticks
+
+    assert axis_ticks([0, 0.00446, 0.00892, 0.01338, 0.01784]) == ["0", "4.5m", "8.9m", "13.4m", "17.8m"]
+    assert axis_ticks([0, 250, 500, 750, 1000]) == ["0", "250", "500", "750", "1000"]
+    assert axis_ticks([0, 2500, 5000, 7500, 10000]) == ["0", "2.5k", "5.0k", "7.5k", "10.0k"]
+    assert axis_ticks([0.95, 0.9625, 0.975, 0.9875, 1.0]) == ["0.950", "0.963", "0.975", "0.988", "1.000"]
+    assert axis_ticks([-0.2, -0.1, 0.0, 0.1, 0.2]) == ["-0.2", "-0.1", "0", "0.1", "0.2"]
+    assert axis_ticks([0, 0, 0]) == ["0", "0", "0"]
+    for labels in (axis_ticks([1e-7 * i for i in range(5)]), axis_ticks([3.3e6 * i for i in range(5)])):
+        assert all(len(label) <= 6 for label in labels), labels  # short enough to clear the axis title

@@ -81,7 +81,9 @@ class _Runner:
                 self.summaries_so_far = list(summaries)
 
                 def part(f: float, stage: str, i: int = i, label: str = step.label) -> None:
-                    progress((i + f) / len(chain), f"{label}: {stage}")  # this step's share of the trial
+                    # this step's share of the trial; the step named only when the trial has several (the trial's
+                    # name already is the step's when it has one)
+                    progress((i + f) / len(chain), f"{label}: {stage}" if len(chain) > 1 else stage)
 
                 try:
                     if self.left() <= 0:

@@ -237,8 +237,9 @@ def _result_warning(warnings: list[str], method: str, sensitivity: dict[str, Any
         )
     elif method in ("structured", "sensitivity"):
         warnings.append(
-            "structured pruning without fine-tuning loses accuracy: see the change below; the next step is a distill "
-            "job with this model as the student (params.student_model_id) and the original as the teacher"
+            "structured pruning without fine-tuning loses accuracy (see the change below); distillation recovers "
+            "it: a distill job with this model as the student (params.student_model_id) and the original as the "
+            "teacher"
         )
     elif method == "magnitude":
         warnings.append(

@@ -298,7 +298,7 @@ class Search:
         index = len(self.trials)
         self.progress(
             min(0.95, index / max(1, self.params.max_trials)),
-            f"trial {index + 1} of at most {self.params.max_trials}: {name}",
+            f"configuration {index + 1} of at most {self.params.max_trials}: {name}",
         )
         started = time.perf_counter()
         dst = self.work / f"trial{index}.onnx"
