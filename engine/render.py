@@ -28,7 +28,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
             return "0"
         if abs(value) >= 1e4:
             return f"{value:,.0f}"
-        if abs(value) < 10 ** -(digits - 1):
+        if abs(value) < 1e-4:  # 0.00317 stays readable; 3.2e-05 is clearer than 0.000032
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}g}"
     return str(value)
@@ -136,6 +136,13 @@ def line_chart(
         f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" font-size="12" '
         f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{_esc(y_label)}</text>'
     )
+    # The legend goes in the upper corner the lines leave free: top right when they start high (falling losses),
+    # top left when they end high (rising accuracy); below the marks' labels.
+    starts = [sorted(p)[0][1] for p in series.values() if p]
+    ends = [sorted(p)[-1][1] for p in series.values() if p]
+    legend_width = 22 + 7 * max(len(str(n)) for n in series)
+    legend_x = width - right - legend_width - 4 if sum(starts) > sum(ends) else left + 8
+    legend_y = top + 4 + 14 * len(marks or [])
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         pts = sorted(pts)
@@ -147,8 +154,8 @@ def line_chart(
                 f"<title>{_esc(name)}: {_fmt(x)} -> {_fmt(y)}</title></circle>"
             )
         parts.append(
-            f'<rect x="{left + 8}" y="{top + 4 + 16 * i}" width="10" height="10" fill="{color}"/>'
-            f'<text x="{left + 22}" y="{top + 13 + 16 * i}" font-size="11">{_esc(name)}</text>'
+            f'<rect x="{legend_x}" y="{legend_y + 16 * i}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{legend_x + 14}" y="{legend_y + 9 + 16 * i}" font-size="11">{_esc(name)}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
@@ -203,6 +210,7 @@ def bars(rows: list[tuple[str, float]], *, value_label: str, width: int = 560, b
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" role="img" aria-label="{_esc(value_label)}" class="chart">'
     ]
+    value_labels = axis_ticks([float(v) for _, v in rows])  # one format for the chart's numbers
     for i, (label, value) in enumerate(rows):
         y = top + i * (bar + 4)
         w = max(1.0, (width - left - right) * max(value, 0.0) / peak)
@@ -212,7 +220,7 @@ def bars(rows: list[tuple[str, float]], *, value_label: str, width: int = 560, b
             f"<title>{_esc(label)}</title></text>"
         )
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{PALETTE[0]}"/>')
-        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{_fmt(float(value), 3)}</text>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{value_labels[i]}</text>')
     parts.append(f'<text x="{left}" y="{height - 6}" font-size="12">{_esc(value_label)}</text></svg>')
     return Markup("".join(parts))  # noqa: S704 - text parts go through _esc, numbers through _fmt
 

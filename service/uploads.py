@@ -380,8 +380,9 @@ async def create_from_request(
 
 
 def clean_name(name: str | None, filename: str | None, *, default: str) -> str:
-    """The display name: the `name` field if given (validated), else the file name without its extension."""
-    if name is not None:
+    """The display name: the `name` field if given (validated), else the file name without its extension. An empty
+    field counts as not given: HTML forms (Swagger UI's among them) send unfilled inputs as empty values."""
+    if name:
         name = name.strip()
         if not name or len(name) > 200 or any(unicodedata.category(c) == "Cc" for c in name):
             raise AppError(

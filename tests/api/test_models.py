@@ -163,7 +163,11 @@ def test_form_problems(client, auth, tmp_path, db, settings) -> None:
     assert not_multipart.status_code == 415
     bad_name = upload(client, auth, path, name="a" * 300)
     assert bad_name.status_code == 422 and bad_name.json()["errors"][0]["field"] == "name"
+    blank = upload(client, auth, path, name="   ")
+    assert blank.status_code == 422 and blank.json()["errors"][0]["field"] == "name"
     assert_nothing_stored(db, settings)
+    empty = upload(client, auth, path, name="")  # an unfilled form field: as if not sent (Swagger UI sends it)
+    assert empty.status_code == 201 and empty.json()["name"] == "m", empty.text
 
 
 def test_check_time_limit_fails_only_that_upload(client, auth, tmp_path, settings, db) -> None:
