@@ -6,6 +6,7 @@ nothing wider than its container, no chart label over another. Screenshots go to
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -130,6 +131,8 @@ def test_one_report_page_of_each_kind(browser, server, tmp_path) -> None:
             "diagnose": ({"train": ds["train"], "validation": ds["val"], "history": history}, {}),
             "optimize": ({"eval": ds["test"]}, {"methods": ["simplify", "quantize"], **small}),
         }
+        if importlib.util.find_spec("torch") is not None:  # the train extra (CI has it)
+            jobs["distill"] = ({"train": ds["train"], "validation": ds["val"], "eval": ds["test"]}, {"epochs": 2})
         submitted = {kind: c.submit(kind, model, datasets=d, params=p) for kind, (d, p) in jobs.items()}
         quantized = submitted["quantize"].wait(timeout=300)
         compare = c.submit(
@@ -149,6 +152,9 @@ def test_one_report_page_of_each_kind(browser, server, tmp_path) -> None:
         w.page.goto(report_url, wait_until="networkidle")
         assert w.page.locator("h1").first.inner_text().strip()
         problems = w.page.evaluate(LAYOUT_PROBLEMS)
+        words = w.page.locator("main").inner_text()
+        raw = [m for m in ("True", "False", "None", "undefined", "NaN") if f" {m}" in words or f"{m};" in words]
+        problems += [f"raw value {m!r} in the text" for m in raw]
         w.check(f"report-{kind}")
         assert not problems, f"{kind}: {problems}"
         w.page.close()
