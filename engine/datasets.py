@@ -135,14 +135,17 @@ def _read_table(path: Path, fmt: Format) -> dict[str, np.ndarray]:
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
+        names = list(table.column_names)  # decoded here: a header that is not UTF-8 fails now, as a 422
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise _bad(f"cannot read the {fmt} file: {str(exc).splitlines()[0][:300]}") from None
+    except UnicodeDecodeError:
+        raise _bad(f"cannot read the {fmt} file: it is not UTF-8 text") from None
     if table.num_columns == 0:
         raise _bad(f"the {fmt} file has no columns")
     if table.num_columns > MAX_ARRAYS:
         raise _bad(f"the {fmt} file has {table.num_columns:,} columns; at most {MAX_ARRAYS:,} are accepted")
     out: dict[str, np.ndarray] = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    for name, column in zip(names, table.columns, strict=True):
         if len(str(name)) > MAX_NAME_CHARS:
             raise _bad(f"a column name is longer than {MAX_NAME_CHARS} characters: {str(name)[:60]!r}...")
         t = column.type

@@ -4,8 +4,9 @@ service or the engine. Unknown fields are kept (extra="allow"), so a newer serve
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Gt, Lt
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -90,7 +91,7 @@ class OptimizeParams(BaseModel):
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_bytes: int | None = Field(default=None, gt=0)
     methods: list[Literal["simplify", "quantize", "prune", "distill"]] = ["simplify", "quantize", "prune", "distill"]
-    ratios: list[float] = [0.3, 0.5]
+    ratios: list[Annotated[float, Gt(0), Lt(1)]] = [0.3, 0.5]
     quantize_modes: list[Literal["static", "dynamic", "fp16"]] = ["static", "dynamic", "fp16"]
     distill_epochs: int = Field(default=20, ge=1, le=1000)
     max_seconds: float = Field(default=1800, gt=0)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from service import docs, migrations, observability
+from service import docs, migrations, observability, openapi
 from service.artifacts.router import router as artifacts_router
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     docs.install(app)
+    openapi.install(app)
     install_handlers(app)
     app.state.metrics = observability.Metrics(app)
     app.add_middleware(observability.MetricsMiddleware, metrics=app.state.metrics)

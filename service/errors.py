@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -72,6 +73,9 @@ def problem(
         body["instance"] = instance
     if errors:
         body["errors"] = errors
+    clash = set(extra or {}) & {"type", "title", "status", "detail", "instance", "errors"}
+    if clash:  # a 409 once answered "status": "succeeded" (a job's status over the problem's)
+        raise ValueError(f"problem extras may not replace the standard members {sorted(clash)}")
     body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -119,6 +123,16 @@ class _Outage:
 _outage = _Outage()
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API document lists for this request's path (routes of included routers are wrapped, so the
+    document is the one complete map)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
@@ -152,13 +166,18 @@ def install_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods; a path may have several routes
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
         return problem(
             exc.status_code,
             slug,
             slug.replace("-", " ").capitalize(),
             detail,
             instance=request.url.path,
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     def _unavailable(request: Request, what: str, type_: str, title: str, extra: str = "") -> JSONResponse:

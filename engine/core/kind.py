@@ -17,8 +17,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.inputs import JobInputs
@@ -35,6 +36,13 @@ QUEUES: tuple[Queue, ...] = ("default", "measure")  # measure: concurrency 1, so
 
 class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Bounds shared by every kind's params, in the types so that the OpenAPI schema says what is refused.
+# (annotated_types' constraints, not Field(): they compare equal, so the SDK's mirror of a params model is checkable)
+BatchSize = Annotated[int, Ge(1), Le(4096)]
+ThreadCount = Annotated[int, Ge(1), Le(256)]
+Ratio = Annotated[float, Gt(0), Lt(1)]
 
 
 class ReportBase(BaseModel):

@@ -21,7 +21,7 @@ def get_artifact(artifact_id: str, tenant: TenantDep, db: SessionDep) -> Artifac
     "/{artifact_id}/content",
     summary="Download an artifact",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/x-npz": {}}}},  # models; npz arrays
 )
 def get_artifact_content(artifact_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, artifact_id=artifact_id)

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.registry import kind_names
+
 ROLES = ("train", "validation", "test", "calibration", "eval", "history")
 
 
@@ -23,12 +25,20 @@ class JobCreate(BaseModel):
         },
     )
 
-    kind: str = Field(description="Job kind, e.g. evaluate or benchmark", max_length=40)
+    kind: str = Field(
+        description="Job kind (GET /v1/kinds lists them with their params)",
+        max_length=40,
+        json_schema_extra={"enum": list(kind_names())},
+    )
     model_id: str = Field(max_length=40)
     datasets: dict[str, str] = Field(
         default_factory=dict,
         description=f"Dataset ids by role ({', '.join(ROLES)}). Where a kind needs eval and none is given, it "
         "uses test, else validation.",
+        json_schema_extra={  # the roles, and nothing else (another key is a 422)
+            "properties": {role: {"type": "string", "maxLength": 40} for role in ROLES},
+            "additionalProperties": False,
+        },
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (see its schema)")
 

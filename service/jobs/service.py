@@ -227,7 +227,7 @@ def cancel(*, db: Session, tenant_id: str, job_id: str) -> Job:
             "job-finished",
             f"job {job_id} already {job.status}; it cannot be cancelled",
             title="Job already finished",
-            extra={"status": job.status},
+            extra={"job_status": job.status},
         )
     db.refresh(job)
     return job
@@ -244,7 +244,7 @@ def report(*, db: Session, tenant_id: str, job_id: str) -> dict[str, Any]:
             "no-report",
             detail + "; a report exists once it has succeeded",
             title="No report",
-            extra={"status": job.status},
+            extra={"job_status": job.status},
         )
     return job.report
 

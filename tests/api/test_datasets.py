@@ -63,6 +63,13 @@ def _bad_cases(tmp_path: Path):
         "json-as-samples": (data_files.keras_history(tmp_path / "h.json"), {"kind": "samples"}, "validation-error", ""),
         "bad-history": (_write(tmp_path / "b.json", b'{"loss": "high"}'), {}, "invalid-dataset", "loss"),
         "empty": (_write(tmp_path / "e.csv", b""), {}, "invalid-dataset", "empty"),
+        "binary-csv-history": (  # a PNG as a CSV history: was a 500 (UnicodeDecodeError); found by schemathesis
+            _write(tmp_path / "p.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01"),
+            {"kind": "history", "format": "csv"},
+            "invalid-dataset",
+            "not UTF-8",
+        ),
+        "binary-csv-samples": (_write(tmp_path / "p2.csv", b"\xff\xfe\x00a,b\n1,2\n"), {}, "invalid-dataset", ""),
     }
 
 

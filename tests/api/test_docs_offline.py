@@ -49,3 +49,35 @@ def test_swagger_pre_fills_nothing_invalid(client) -> None:
     assert dataset_form["properties"]["kind"]["enum"] == ["samples", "history"]
     example = spec["components"]["schemas"]["JobCreate"]["examples"][0]
     assert example["kind"] in kind_names() and set(example) == {"kind", "model_id", "datasets", "params"}
+
+
+def test_the_openapi_document_says_what_the_service_answers(client) -> None:
+    from engine.registry import kind_names
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    union = schemas["JobCreate"]
+    assert union["discriminator"]["propertyName"] == "kind" and set(union["discriminator"]["mapping"]) == set(
+        kind_names()
+    )
+    quantize = schemas["QuantizeJob"]
+    assert quantize["properties"]["kind"]["const"] == "quantize" and "params" in quantize["required"]  # mode
+    assert schemas["QuantizeParams"]["properties"]["max_seconds"]["exclusiveMaximum"] == 3600  # the job time limit
+    assert "HTTPValidationError" not in schemas and "Problem" in schemas
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for code, response in operation["responses"].items():
+                if code[0] in "45":
+                    assert list(response["content"]) == ["application/problem+json"], (path, method, code)
+            if path.startswith("/v1/"):
+                assert {"401", "503"} <= set(operation["responses"]), (path, method)
+                if "{" in path:
+                    assert "404" in operation["responses"], (path, method)
+
+
+def test_a_wrong_method_names_every_allowed_one(client) -> None:
+    r = client.put("/v1/models")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST", r.headers
+    r = client.put("/v1/models/mdl_x")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET", r.headers
+    assert r.headers["content-type"] == "application/problem+json"

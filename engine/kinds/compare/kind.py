@@ -10,7 +10,7 @@ from pydantic import Field
 
 from engine import binding
 from engine.core.inputs import pick_output
-from engine.core.kind import Kind, Outcome, ReportBase, RunContext, StrictParams
+from engine.core.kind import BatchSize, Kind, Outcome, ReportBase, RunContext, StrictParams, ThreadCount
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo
 from engine.measure.comparison import Comparison, check_same_signature, compare_with_params
@@ -21,8 +21,8 @@ from engine.runtime import fixed_batch
 class CompareParams(StrictParams):
     other_model_id: str = Field(description="The model measured against the job's model (the candidate)")
     output: str | None = Field(default=None, description="The prediction output (default: the first float output)")
-    batch_sizes: list[int] = Field(default=[1, 32], min_length=1, max_length=4)
-    threads: list[int] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
+    batch_sizes: list[BatchSize] = Field(default=[1, 32], min_length=1, max_length=4)
+    threads: list[ThreadCount] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
     runs: int = Field(default=50, ge=5, le=10000)
     warmup_runs: int = Field(default=5, ge=0, le=1000)
     eval_max_samples: int | None = Field(default=2000, ge=1, description="Eval samples used for metrics")

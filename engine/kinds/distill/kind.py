@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from engine import binding
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
-from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext, StrictParams
+from engine.core.kind import ArtifactOut, BatchSize, Kind, Outcome, ReportBase, RunContext, StrictParams
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo, check_and_inspect
 from engine.measure.comparison import Comparison, check_same_signature, compare
@@ -65,7 +65,7 @@ class DistillParams(StrictParams):
     patience: int | None = Field(default=5, ge=1, description="Epochs without improvement before stopping; null: never")
     restore_best_weights: bool = True
     output: str | None = Field(default=None, description="The output to distill (default: the first float output)")
-    batch_sizes: list[int] = Field(default=[1, 32], min_length=1, max_length=4)
+    batch_sizes: list[BatchSize] = Field(default=[1, 32], min_length=1, max_length=4)
     threads: int = Field(default=1, ge=1, le=64, description="Threads for training and for timing")
     runs: int = Field(default=30, ge=5, le=10000)
 

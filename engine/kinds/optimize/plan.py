@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, field_validator
 from engine import binding
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import JobInputs, pick_output
-from engine.core.kind import ReportBase, StepSummary, StrictParams
+from engine.core.kind import Ratio, ReportBase, StepSummary, StrictParams
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo
 from engine.measure.comparison import Comparison
@@ -49,7 +49,7 @@ class OptimizeParams(StrictParams):
         description="Allowed methods. distill trains a structurally pruned student (needs prune, PyTorch on the "
         "worker and a train dataset); prune without distill keeps the pruned weights as they are",
     )
-    ratios: list[float] = Field(
+    ratios: list[Ratio] = Field(
         default=[0.3, 0.5], min_length=1, max_length=5, description="prune / distill: fractions of width removed"
     )
     quantize_modes: list[Literal["static", "dynamic", "fp16"]] = Field(
@@ -69,8 +69,6 @@ class OptimizeParams(StrictParams):
     @field_validator("ratios")
     @classmethod
     def _ratios(cls, v: list[float]) -> list[float]:
-        if any(not 0 < r < 1 for r in v):
-            raise ValueError("ratios must be in (0, 1)")
         return sorted(set(v))
 
     @field_validator("methods")

@@ -8,7 +8,7 @@ import onnx
 from pydantic import Field, field_validator
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.kind import StrictParams
+from engine.core.kind import BatchSize, Ratio, StrictParams, ThreadCount
 
 
 class PruneParams(StrictParams):
@@ -17,7 +17,7 @@ class PruneParams(StrictParams):
         "structured: remove whole neurons and conv channels; sensitivity: prune each layer alone at several "
         "ratios, then structured-prune with the per-layer ratios that remove the most MACs within max_accuracy_drop"
     )
-    sensitivity_ratios: list[float] = Field(
+    sensitivity_ratios: list[Ratio] = Field(
         default=[0.25, 0.5, 0.75], min_length=1, max_length=10, description="sensitivity: ratios tried per layer"
     )
     max_accuracy_drop: float = Field(
@@ -33,7 +33,7 @@ class PruneParams(StrictParams):
         "on the eval data",
     )
     ratio: float | None = Field(default=None, gt=0, lt=1, description="magnitude: fraction of weights set to zero")
-    ratios: dict[str, float] | None = Field(
+    ratios: dict[str, Ratio] | None = Field(
         default=None, description="magnitude: per-layer fractions keyed by weight initializer name"
     )
     scope: Literal["per_layer", "global"] = Field(
@@ -48,8 +48,8 @@ class PruneParams(StrictParams):
     )
     tolerance: float = Field(default=1e-4, gt=0, description="simplify: max abs difference allowed (relative to scale)")
     output: str | None = Field(default=None, description="The prediction output (default: the first float output)")
-    batch_sizes: list[int] = Field(default=[1, 32], min_length=1, max_length=4)
-    threads: list[int] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
+    batch_sizes: list[BatchSize] = Field(default=[1, 32], min_length=1, max_length=4)
+    threads: list[ThreadCount] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
     runs: int = Field(default=50, ge=5, le=10000)
     warmup_runs: int = Field(default=5, ge=0, le=1000)
     eval_max_samples: int | None = Field(default=2000, ge=1)
@@ -57,17 +57,7 @@ class PruneParams(StrictParams):
     @field_validator("sensitivity_ratios")
     @classmethod
     def _sens(cls, v: list[float]) -> list[float]:
-        if any(not 0 < r < 1 for r in v):
-            raise ValueError("sensitivity ratios must be in (0, 1)")
         return sorted(set(v))
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for name, r in (v or {}).items():
-            if not 0 < r < 1:
-                raise ValueError(f"ratio of {name!r} must be in (0, 1), got {r}")
-        return v
 
     def check_names(self, model: onnx.ModelProto) -> None:
         """Names in exclude must be weights or nodes of the model: a typo would otherwise prune that layer."""
