@@ -179,6 +179,7 @@ def test_auto_meets_its_goal_with_the_best_measured_objective(tmp_path, mlp_case
     auto = report["auto"]
     assert auto["goal_metric"] == "accuracy" and auto["original_metric"] == 1.0
     assert "drops by at most 0.01 (relative)" in auto["goal"]
+    assert auto["timed_at"] == {"batch_size": 1, "threads": 1}  # as documented (it was the calibration batch, 16)
     trials = auto["trials"]
     # An MLP is MatMul-heavy: dynamic first, then static U8S8, fp16, then the remaining static variants.
     assert [t["mode"] for t in trials[:3]] == ["dynamic", "dynamic", "static"]
@@ -200,6 +201,13 @@ def test_auto_meets_its_goal_with_the_best_measured_objective(tmp_path, mlp_case
     # The handed-back model is the chosen trial's: the final comparison measures the same accuracy.
     assert report["comparison"]["metrics"]["accuracy"]["candidate"] == pytest.approx(chosen["metric"])
     assert report["comparison"]["drop"]["relative"] <= 0.01 + 1e-9
+
+
+def test_auto_times_its_trials_at_the_batch_the_params_name(tmp_path, mlp_case) -> None:
+    model, calib, evald = mlp_case
+    params = {**AUTO, "auto_modes": ["dynamic"], "trial_batch_size": 8, "max_trials": 1}
+    report = run_in_child("quantize", _inputs(tmp_path, model, calibration=calib, eval=evald), params)["report"]
+    assert report["auto"]["timed_at"] == {"batch_size": 8, "threads": 1}
 
 
 def test_auto_repairs_a_static_trial_by_leaving_damaged_nodes_in_float(tmp_path, mlp_case) -> None:

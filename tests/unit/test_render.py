@@ -57,12 +57,14 @@ def test_auto_quantize_page_shows_every_trial_and_the_front() -> None:
         "usable": True, "config": {}, "comparison": comparison, "quantization_seconds": 1.0, "left_in_float": [],
         "auto": {"goal": "accuracy drops by at most 0.01", "goal_metric": "accuracy", "original_metric": 0.98,
                  "objective": "latency", "trials": trials, "chosen": 0, "goal_met": True,
-                 "stopped_because": "every candidate was tried", "skipped": ["x: y"]},
+                 "stopped_because": "every candidate was tried", "skipped": ["x: y"],
+                 "timed_at": {"batch_size": 1, "threads": 1}},
     }  # fmt: skip
     page = render_report(report, dict(JOB, kind="quantize"))
     assert "Quantization: auto, chose dynamic" in page and "4 trials, goal met" in page
     assert "dynamic &lt;int8&gt;" in page and "boom" in page and "repairs #1" in page
     assert page.count('class="chosen"') == 1
+    assert "at batch 1 with 1 thread(s)" in page
     svg = str(scatter([{"x": 1.0, "y": 0.9, "label": "a", "front": True, "chosen": True}], x_label="x", y_label="y"))
     assert svg.count("<circle") == 4  # the point, its ring, and the two legend marks
 

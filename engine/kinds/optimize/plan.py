@@ -243,6 +243,7 @@ def plan(
             "max_seconds": max(1.0, min(900.0, 0.8 * ctx.seconds_left)),
             "error_table": False,
             "trial_runs": max(10, min(30, params.runs)),
+            "trial_batch_size": params.batch_size,  # the batch optimize's latency goal is measured at
             **common,
             **measure,
         },

@@ -56,7 +56,7 @@ class QuantizeTrial(Trial):
     config: dict[str, Any] = Field(description="The quantize params of this trial (mode-specific)")
     refines: int | None = Field(default=None, description="The trial this one repairs (node exclusion, fp16 block)")
     error: str | None = None
-    original_p50_ms: float | None = Field(default=None, description="Batch 1, 1 thread, interleaved with the trial")
+    original_p50_ms: float | None = Field(default=None, description="At timed_at, interleaved with the trial")
     p50_ms: float | None = None
     drop: float | None = Field(default=None, description="Drop of the metric in the goal's terms (accuracy goals)")
     meets_goal: bool = False
@@ -72,6 +72,9 @@ class AutoSearch(BaseModel):
     chosen: int | None = Field(description="Index of the trial handed back")
     goal_met: bool
     stopped_because: str = Field(description="Why the search ended: all candidates tried, trials or time budget")
+    timed_at: dict[str, int] = Field(
+        default_factory=dict, description="The batch size and threads every trial was timed at (the latency objective)"
+    )
     skipped: list[str] = Field(default_factory=list, description="Candidates not tried, and why")
 
 
@@ -442,5 +445,6 @@ class Search:
             goal_met=bool(chosen and chosen.meets_goal),
             stopped_because=stopped,
             skipped=skipped,
+            timed_at={"batch_size": self.batch, "threads": 1},
         )
         return block, (self.paths[chosen.index] if chosen else None), chosen

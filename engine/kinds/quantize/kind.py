@@ -106,13 +106,14 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
         info, progress = ctx.info, ctx.progress
         src, dst = Path(ctx.inputs.model_path), ctx.out_dir / "model.quant.onnx"
         forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
-        batch = forced or 16
+        batch = forced or 16  # calibration batches
         reader, feeds = _calibration(ctx, params, batch)
         evaluation = eval_data(ctx.inputs, params.eval_max_samples, forced or 64, ctx.warnings)
 
         auto, mode = None, str(params.mode)
         if params.mode == "auto":
-            auto, chosen = _auto(ctx, params, reader, evaluation, dst, batch)
+            # timed at the batch the params name (it was the calibration batch, 16, not the documented 1)
+            auto, chosen = _auto(ctx, params, reader, evaluation, dst, forced or params.trial_batch_size)
             mode, config, seconds = chosen.mode, chosen.config, chosen.quantization_seconds or 0.0
         else:
             progress(0.1, "calibrating and quantizing" if params.mode == "static" else "converting")

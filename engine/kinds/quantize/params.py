@@ -70,7 +70,12 @@ class QuantizeParams(StrictParams):
     max_seconds: float = Field(
         default=900, gt=0, description="auto: time budget of the search (the job's time limit still applies)"
     )
-    trial_runs: int = Field(default=30, ge=5, le=1000, description="auto: timed runs per trial (batch 1, 1 thread)")
+    trial_runs: int = Field(default=30, ge=5, le=1000, description="auto: timed runs per trial (1 thread)")
+    trial_batch_size: BatchSize = Field(
+        default=1,
+        description="auto: the batch size trials are timed at, which the latency objective means (a model with a "
+        "fixed batch is timed at its own)",
+    )
     error_table: bool = Field(
         default=True, description="static QDQ: per-tensor error (ORT's qdq_loss_debug) on a few calibration samples"
     )
