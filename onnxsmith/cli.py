@@ -43,7 +43,7 @@ def _admin_session() -> Any:
     from sqlalchemy import make_url
 
     from service import migrations
-    from service.db import make_engine
+    from service.db import make_engine, make_session_factory, session_scope
 
     settings = _settings()
     url = settings.resolved_database_url
@@ -57,7 +57,8 @@ def _admin_session() -> Any:
         raise typer.Exit(2)
     shown = make_url(url).render_as_string(hide_password=True)
     try:
-        current = migrations.current_revision(make_engine(url))
+        engine = make_engine(url)
+        current = migrations.current_revision(engine)
     except Exception as exc:  # noqa: BLE001 - any driver's connection error, said in one line
         err.print(f"error: cannot open the database {shown}: {str(exc).splitlines()[0][:300]}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -68,7 +69,7 @@ def _admin_session() -> Any:
             soft_wrap=True,
         )
         raise typer.Exit(2)
-    return _session()
+    return session_scope(make_session_factory(engine))  # the engine that was checked, not a second one
 
 
 def _log_to_stderr() -> None:

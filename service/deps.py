@@ -126,7 +126,10 @@ def authenticated(
     `header`, the raw Authorization header, makes the 401 say what is wrong with it."""
     if creds is None:
         raise _unauthorized(_without_bearer(header, missing_hint))
-    caller = cache.get(creds.credentials) or tenants.authenticate(db=db, key=creds.credentials)
+    cached = cache.get(creds.credentials)
+    if cached is not None:
+        return cached  # not put again: a hit must not extend the entry (a revoked key works at most ttl_s more)
+    caller = tenants.authenticate(db=db, key=creds.credentials)
     if caller is None:
         raise _unauthorized("invalid or revoked API key")
     cache.put(creds.credentials, caller)

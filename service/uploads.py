@@ -45,9 +45,10 @@ def multipart_openapi(fields: dict[str, str], choices: dict[str, list[str]] | No
     `choices` are enums (a drop-down with an empty choice)."""
     props: dict = {"file": {"type": "string", "format": "binary", "description": "The file to upload"}}
     for name, description in fields.items():
-        props[name] = {"type": "string", "description": description, "maxLength": MAX_FIELD_BYTES, "example": ""}
         if choices and name in choices:
             props[name] = {"type": "string", "description": description, "enum": choices[name]}
+        else:
+            props[name] = {"type": "string", "description": description, "maxLength": MAX_FIELD_BYTES, "example": ""}
     return {
         "requestBody": {
             "required": True,

@@ -98,9 +98,10 @@ class KeyCache:
     def put(self, key: str, caller: Caller) -> None:
         if self.ttl_s <= 0:
             return
+        digest = hash_key(key)
         with self._lock:
-            self._entries[hash_key(key)] = (time.monotonic() + self.ttl_s, caller)
-            self._entries.move_to_end(hash_key(key))
+            self._entries[digest] = (time.monotonic() + self.ttl_s, caller)
+            self._entries.move_to_end(digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 

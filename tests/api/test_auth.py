@@ -86,6 +86,16 @@ def test_key_cache_keeps_valid_keys_for_its_lifetime_only(monkeypatch) -> None:
     cache.put("osk_b", caller)
     cache.put("osk_c", caller)  # past max_entries: the oldest goes
     assert cache.get("osk_a") is None and cache.get("osk_c") == caller
+    # a key answered from the cache is not put again: using it does not keep a revoked key alive
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from service.deps import authenticated
+
+    cache.put("osk_d", caller)
+    now[0] += 4.0
+    assert authenticated(None, HTTPAuthorizationCredentials(scheme="Bearer", credentials="osk_d"), cache) == caller
+    now[0] += 1.1
+    assert cache.get("osk_d") is None
     off = tenants.KeyCache(ttl_s=0)
     off.put("osk_a", caller)
     assert off.get("osk_a") is None
