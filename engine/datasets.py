@@ -11,7 +11,7 @@ import json
 import math
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -117,24 +117,66 @@ def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     return out
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    _npz_headers(path)
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+def _read_npz(path: Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Every array, or its first `max_rows` rows read from the member's stream (the rest is never decompressed)."""
+    headers = _npz_headers(path)
+    if max_rows is not None:
+        with zipfile.ZipFile(path) as zf:
+            cut = {name: _npy_prefix(zf, name, dtype, shape, max_rows) for name, (dtype, shape) in headers.items()}
+        if all(v is not None for v in cut.values()):
+            return {k: v for k, v in cut.items() if v is not None}
+    with np.load(path, allow_pickle=False) as data:  # whole (or a Fortran-ordered member: read whole, then cut)
+        return {name: data[name][:max_rows] if max_rows and data[name].ndim else data[name] for name in data.files}
 
 
-def _read_table(path: Path, fmt: Format) -> dict[str, np.ndarray]:
+def _npy_prefix(
+    zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...], rows: int
+) -> np.ndarray | None:
+    """The first `rows` rows of a C-ordered member; None for a Fortran-ordered or 0-d one."""
+    with zf.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, fortran, _ = read(f, max_header_size=10000)
+        if fortran or not shape:
+            return None
+        rows = min(shape[0], rows)
+        count = rows * math.prod(shape[1:])
+        return np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count).reshape(rows, *shape[1:]).copy()
+
+
+def _first_rows(batches: Any, schema: Any, max_rows: int) -> Any:
+    """A table of the first `max_rows` rows of a stream of record batches (read no further)."""
+    import pyarrow as pa
+
+    taken, n = [], 0
+    for batch in batches:
+        taken.append(batch)
+        n += batch.num_rows
+        if n >= max_rows:
+            break
+    return pa.Table.from_batches(taken, schema=schema).slice(0, max_rows)
+
+
+def _read_table(path: Path, fmt: Format, max_rows: int | None = None) -> dict[str, np.ndarray]:
     import pyarrow as pa
 
     try:
         if fmt == "csv":
             from pyarrow import csv
 
-            table = csv.read_csv(path)
+            if max_rows is None:
+                table = csv.read_csv(path)
+            else:
+                reader = csv.open_csv(path)
+                table = _first_rows(reader, reader.schema, max_rows)
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            if max_rows is None:
+                table = pq.read_table(path)
+            else:
+                pf = pq.ParquetFile(path)
+                table = _first_rows(pf.iter_batches(batch_size=min(max_rows, 65536)), pf.schema_arrow, max_rows)
         names = list(table.column_names)  # decoded here: a header that is not UTF-8 fails now, as a 422
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise _bad(f"cannot read the {fmt} file: {str(exc).splitlines()[0][:300]}") from None
@@ -163,11 +205,12 @@ def _read_table(path: Path, fmt: Format) -> dict[str, np.ndarray]:
     return out
 
 
-def read_arrays(path: Path, fmt: Format) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, fmt: Format, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Every array of the dataset, or only its first `max_rows` samples (read without loading the rest)."""
     if fmt == "npz":
-        return _read_npz(path)
+        return _read_npz(path, max_rows)
     if fmt in ("csv", "parquet"):
-        return _read_table(path, fmt)
+        return _read_table(path, fmt, max_rows)
     raise _bad(f"format {fmt} holds no samples")
 
 
@@ -315,8 +358,11 @@ def format_from_filename(filename: str | None) -> Format | None:
     return {"npz": "npz", "csv": "csv", "parquet": "parquet", "pq": "parquet", "json": "json"}.get(ext)  # type: ignore[return-value]
 
 
-def load_samples(path: Path, fmt: Format, label: str | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Arrays for a job: (features by name, label or None). `label` is the dataset's resolved label name."""
-    arrays = read_arrays(path, fmt)
+def load_samples(
+    path: Path, fmt: Format, label: str | None, max_rows: int | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Arrays for a job: (features by name, label or None), the first `max_rows` samples when given. `label` is the
+    dataset's resolved label name."""
+    arrays = read_arrays(path, fmt, max_rows)
     y = arrays.pop(label) if label else None
     return arrays, y

@@ -92,7 +92,12 @@ class OptimizeParams(BaseModel):
     max_size_bytes: int | None = Field(default=None, gt=0)
     methods: list[Literal["simplify", "quantize", "prune", "distill"]] = ["simplify", "quantize", "prune", "distill"]
     ratios: list[Annotated[float, Gt(0), Lt(1)]] = [0.3, 0.5]
-    quantize_modes: list[Literal["static", "dynamic", "fp16"]] = ["static", "dynamic", "fp16"]
+    quantize_modes: list[Literal["static", "dynamic", "fp16", "weight_only"]] = [
+        "static",
+        "dynamic",
+        "fp16",
+        "weight_only",
+    ]
     distill_epochs: int = Field(default=20, ge=1, le=1000)
     max_seconds: float = Field(default=1800, gt=0)
     output: str | None = None
@@ -172,6 +177,8 @@ class CompareReport(Report):
 class QuantizeReport(Report):
     mode: str
     comparison: Comparison
+    handed_back: str = "quantized"  # "original": auto kept the original; the comparison shows the best attempt
+    auto: dict[str, Any] | None = None
 
 
 class PruneReport(Report):

@@ -138,3 +138,35 @@ def linear(path: Path, w: np.ndarray, b: np.ndarray, output: str = "logits") -> 
     model = helper.make_model(graph, opset_imports=OPSET)
     model.ir_version = 8
     return _save(model, path)
+
+
+def encoder(path: Path, vocab: int = 300, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A token encoder's signature: input_ids and attention_mask [batch, seq] (int64) in, last_hidden_state
+    [batch, seq, hidden] out (embedding Gather, then MatMul + Relu residual blocks; the mask is not used inside, as
+    in an encoder without attention, so padding positions carry real values that fidelity must leave out)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(np.float32), "embeddings")]
+    nodes = [helper.make_node("Gather", ["embeddings", "input_ids"], ["h0"], name="embed")]
+    for i in range(layers):
+        w = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"], name=f"dense{i}"),
+            helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"act{i}"),
+            helper.make_node("Add", [f"h{i}", f"r{i}"], [f"h{i + 1}"], name=f"residual{i}"),
+        ]
+    nodes.append(helper.make_node("Identity", [f"h{layers}"], ["last_hidden_state"], name="out"))
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="onnxsmith-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return _save(model, path)

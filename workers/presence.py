@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy.exc import DBAPIError
 
-from engine.machine import capabilities
+from engine.machine import capabilities, machine_info
 from service.db import utcnow
 from service.fleet import repository as repo
 from workers.runner import context, transaction
@@ -27,9 +27,20 @@ def worker_name(hostname: str) -> str:
 def publish(name: str, queues: list[str]) -> None:
     ctx = context()
     with transaction(ctx) as db:
-        repo.upsert(db, name=name, queues=sorted(queues), capabilities=capabilities())
+        repo.upsert(db, name=name, queues=sorted(queues), capabilities=capabilities(), machine=_machine())
         # rows of workers gone for ten TTLs are history, not presence
         repo.forget_before(db, utcnow() - timedelta(seconds=10 * ctx.settings.presence_ttl_s))
+
+
+def _machine() -> dict:
+    info = machine_info()
+    return {
+        "cpu_model": info.cpu_model,
+        "int8_isa": info.int8_isa,
+        "fp16_native": info.fp16_native,
+        "cpu_flags": info.cpu_flags,
+        "logical_cpus": info.logical_cpus,
+    }
 
 
 _stop = threading.Event()

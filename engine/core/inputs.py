@@ -37,10 +37,11 @@ class JobInputs(BaseModel):
     out_dir: str
     max_threads: int = 1
 
-    def feeds(self, role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """The dataset of `role` as model feeds (binding rules of engine.binding) and its labels, if any."""
+    def feeds(self, role: str, max_samples: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The dataset of `role` as model feeds (binding rules of engine.binding) and its labels, if any; only its
+        first `max_samples` samples are read when given."""
         ds = self.datasets[role]
-        arrays, labels = load_samples(Path(ds.path), ds.format, ds.label)  # type: ignore[arg-type]  # a Format str
+        arrays, labels = load_samples(Path(ds.path), ds.format, ds.label, max_samples)  # type: ignore[arg-type]
         return binding.bind(binding.plan(self.model_info.inputs, ds.summary), arrays), labels
 
     def summaries(self) -> dict[str, DatasetSummary]:

@@ -2,7 +2,8 @@
 
 Size; latency at several batch sizes and thread counts with runs of the two models interleaved (so machine
 noise hits both alike); task metrics on the eval dataset with paired deltas and 95% intervals; output
-fidelity per output (cosine, max abs error, SQNR, top-1 agreement for classifiers).
+fidelity per output (cosine, max abs error, SQNR, top-1 agreement for classifiers), the prediction output's on
+what the user consumes (its FidelitySpec: pooled over a mask input for encoders, padding left out).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from engine.core.inputs import JobInputs, pick_output
 from engine.core.kind import Progress
 from engine.inspect import ModelInfo, TensorSpec
 from engine.measure.data import EvalData, feeds_for, repeat_to
-from engine.measure.fidelity import Fidelity, fidelity
+from engine.measure.fidelity import Fidelity, FidelitySpec, default_spec, fidelity, measure
 from engine.measure.latency import Percentiles, interleaved_latency, percentiles
 from engine.measure.metrics import PRIMARY, Predictions
 from engine.runtime import fixed_batch, make_session, run_batched
@@ -139,19 +140,23 @@ def compare_with_params(
     evaluation: EvalData,
     params: TimingParams,
     progress: Progress,
+    spec: FidelitySpec | None = None,
 ) -> Comparison:
     """`compare` as a kind that produces a model calls it: its params give the output, batch sizes, thread counts
-    (default 1 and all, capped by the worker), runs and warm-ups; a model with a fixed batch is timed at it."""
+    (default 1 and all, capped by the worker), runs and warm-ups; a model with a fixed batch is timed at it. `spec`:
+    how the prediction output is consumed (default: from the signature, engine.measure.fidelity.default_spec)."""
     info = inputs.model_info
     forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
     threads = params.threads or sorted({1, inputs.max_threads})
     threads = [t for t in threads if t <= inputs.max_threads] or [1]
+    predicted = pick_output(info, params.output)
     return compare(
         str(original),
         str(candidate),
         outputs=[o.name for o in info.outputs],
         evaluation=evaluation,
-        prediction_output=pick_output(info, params.output),
+        prediction_output=predicted,
+        spec=spec or default_spec(info, predicted),
         batch_sizes=[forced] if forced else params.batch_sizes,
         threads=threads,
         runs=params.runs,
@@ -174,6 +179,7 @@ def compare(
     warmup: int,
     progress: Progress,
     run_batch: int = 256,
+    spec: FidelitySpec | None = None,
 ) -> Comparison:
     eval_feeds = evaluation.feeds
     n = evaluation.samples
@@ -183,7 +189,10 @@ def compare(
     for name in outputs:
         outs_a[name] = run_batched(sa, feeds_for(sa, eval_feeds), name, run_batch)
         outs_b[name] = run_batched(sb, feeds_for(sb, eval_feeds), name, run_batch)
-        fid.append(fidelity(name, outs_a[name], outs_b[name]))
+        if spec is not None and name == spec.output:
+            fid.append(measure(spec, outs_a[name], outs_b[name], eval_feeds))
+        else:
+            fid.append(fidelity(name, outs_a[name], outs_b[name]))
     metrics = primary = drop = None
     if evaluation.labeled and evaluation.task is not None:
         metrics, primary, drop = metric_comparison(

@@ -80,7 +80,7 @@ def eval_data(inputs: JobInputs, max_samples: int | None, synthetic: int, warnin
         feeds = {s.name: synthetic_input(s, synthetic, {}, rng) for s in inputs.model_info.inputs}
         warnings.append("no eval dataset: fidelity is measured on random inputs and no task metric is reported")
         return EvalData(feeds, None, None, None)
-    feeds, labels = inputs.feeds("eval")
+    feeds, labels = inputs.feeds("eval", max_samples)
     summary = inputs.datasets["eval"].summary
     if max_samples is not None:
         feeds = {k: v[:max_samples] for k, v in feeds.items()}

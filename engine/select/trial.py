@@ -4,11 +4,16 @@ one choice rule. quantize auto, prune's sensitivity combination and optimize ext
 Ties: latencies of the same model measured a minute apart differ by 10-30% on a shared 2-vCPU machine
 (BENCHMARKS.md), sizes barely vary; values within TIES of each other count as equal, in the front (epsilon
 dominance) and in the choice (the better metric breaks the tie).
+
+Feasibility first (constrained dominance): a trial that meets the goal dominates one that does not, whatever their
+axes, so the front's feasible part is the front of the trials that meet the goal, and the choice (`choose`) is
+always on it. With the original taking part, a trial must be measurably better than the original on the objective
+(beyond the tie band) to be handed back; otherwise the original is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -63,18 +68,40 @@ def _within(a: float, b: float, tie: float) -> bool:
     return a <= b * (1 + tie)
 
 
+def improves(a: Trial, b: Trial, axis: str) -> bool:
+    """a is clearly better than b on `axis` (lower is better), beyond the axis' tie band."""
+    return a.axis(axis) * (1 + TIES[axis]) < b.axis(axis)
+
+
 def dominates(a: Trial, b: Trial) -> bool:
     """a is no worse than b on every axis and clearly better on one (latency and size within TIES are equal)."""
     no_worse = a.quality >= b.quality and all(_within(a.axis(x), b.axis(x), TIES[x]) for x in TIES)
-    better = a.quality > b.quality or any(a.axis(x) * (1 + TIES[x]) < b.axis(x) for x in TIES)
+    better = a.quality > b.quality or any(improves(a, b, x) for x in TIES)
     return no_worse and better
 
 
-def mark_pareto(trials: Sequence[Trial]) -> None:
-    """Set `pareto` on measured trials with finite outputs that no other such trial dominates."""
+def front(pool: Sequence[T]) -> list[T]:
+    """The trials of `pool` that no other trial of `pool` dominates."""
+    return [t for t in pool if not any(dominates(o, t) for o in pool if o is not t)]
+
+
+def mark_pareto(trials: Sequence[Trial], feasible: Callable[[Trial], bool] = lambda t: True) -> None:
+    """Set `pareto` on the measured trials with finite outputs that no other such trial dominates, feasibility
+    first: while any trial is `feasible` (meets the goal), only feasible trials are on the front."""
     pool = [t for t in trials if t.measured and not t.non_finite_values]
+    ok = [t for t in pool if feasible(t)]
+    on = front(ok or pool)
     for t in trials:
-        t.pareto = any(p is t for p in pool) and not any(dominates(o, t) for o in pool if o is not t)
+        t.pareto = any(p is t for p in on)
+
+
+def choose(feasible: Sequence[T], objective: Objective, original: Trial | None = None) -> T | None:
+    """The trial to hand back among those that meet the goal: on their front, clearly better than `original` on
+    the objective when the original takes part (None: keep the original), then `best`."""
+    pool = front(feasible)
+    if original is not None:
+        pool = [t for t in pool if improves(t, original, objective)]
+    return best(pool, objective) if pool else None
 
 
 def best(pool: Sequence[T], objective: Objective) -> T:

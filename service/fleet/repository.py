@@ -11,12 +11,13 @@ from service.db import utcnow
 from service.fleet.tables import WorkerPresence
 
 
-def upsert(db: Session, *, name: str, queues: list[str], capabilities: list[str]) -> None:
+def upsert(db: Session, *, name: str, queues: list[str], capabilities: list[str], machine: dict | None = None) -> None:
     row = db.get(WorkerPresence, name)
     if row is None:
-        db.add(WorkerPresence(name=name, queues=queues, capabilities=capabilities))
+        db.add(WorkerPresence(name=name, queues=queues, capabilities=capabilities, machine=machine or {}))
     else:
         row.queues, row.capabilities, row.seen_at = queues, capabilities, utcnow()
+        row.machine = machine or {}
     db.flush()
 
 

@@ -31,6 +31,12 @@ def capable(*, db: Session, queue: str, needs: set[str], ttl_s: float) -> tuple[
     return "none", sorted(needs - set[str].intersection(*(set(w.capabilities) for w in live))), len(live)
 
 
+def live_workers(*, db: Session, queue: str, ttl_s: float) -> list[dict]:
+    """The live workers on `queue`: name, capabilities and the CPU they measure on."""
+    live = [w for w in repo.seen_since(db, utcnow() - timedelta(seconds=ttl_s)) if queue in w.queues]
+    return [{"name": w.name, "capabilities": list(w.capabilities), **(w.machine or {})} for w in live]
+
+
 def check_capable(*, db: Session, kind: str, queue: str, needs: set[str], ttl_s: float) -> None:
     """422 missing-dependency when live workers serve `queue` and none of them has every capability in `needs`.
 

@@ -19,5 +19,8 @@ class WorkerPresence(Base):
     name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)  # celery hostname + pid
     queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
     capabilities: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # the CPU the worker measures on: model, int8_isa, fp16_native, cpu_flags (engine.machine); int8 speed-ups differ
+    # about 2x between AVX2 and VNNI, so the same quantize request may rightly pick differently on another worker
+    machine: Mapped[dict] = mapped_column(JSONType, default=dict)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

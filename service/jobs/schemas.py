@@ -78,6 +78,15 @@ class JobOut(BaseModel):
         return out
 
 
+class WorkerOut(BaseModel):
+    name: str
+    capabilities: list[str]
+    cpu_model: str | None = None
+    int8_isa: str | None = Field(default=None, description="AMX, AVX-512 VNNI, AVX-VNNI, AVX-512, AVX2, ...")
+    fp16_native: bool | None = None
+    cpu_flags: list[str] = Field(default_factory=list)
+
+
 class KindOut(BaseModel):
     """A job kind: what it reads, where it runs, its params' JSON schema and whether a live worker can run it."""
 
@@ -92,4 +101,9 @@ class KindOut(BaseModel):
         "cannot and fail with missing_dependency), none (submit refuses it), unknown (no live worker)"
     )
     live_workers: int = Field(description="Workers on its queue seen within the presence TTL")
+    workers: list[WorkerOut] = Field(
+        default_factory=list,
+        description="The live workers on its queue and the CPU each measures on (int8 speed depends on int8_isa: "
+        "the same quantize request may rightly pick differently on another worker)",
+    )
     params_schema: dict[str, Any]

@@ -199,6 +199,7 @@ def kinds(*, db: Session, settings: Settings) -> list[KindOut]:
                 needs=sorted(needs),
                 runnable=runnable,
                 live_workers=live,
+                workers=fleet.live_workers(db=db, queue=kind.queue, ttl_s=settings.presence_ttl_s),
                 params_schema=kind.Params.model_json_schema(),
             )
         )

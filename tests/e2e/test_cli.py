@@ -44,7 +44,7 @@ def test_optimize_locally_writes_the_model_and_the_report(files, tmp_path) -> No
     # a size target nothing can meet: the closest is reported, exit code 6
     r = _run(
         "optimize", str(files["model"]), "--val", str(files["validation"]), "--methods", "quantize",
-        "--max-size", "100", "--local", "--out", str(tmp_path / "o2"), env={"COLUMNS": "200"},
+        "--max-size", "100", "--objective", "size", "--local", "--out", str(tmp_path / "o2"), env={"COLUMNS": "200"},
     )  # fmt: skip
     assert r.exit_code == 6, r.output
     assert "goal NOT met" in r.stdout and "no trial meets every constraint" in r.stderr

@@ -100,3 +100,42 @@ def test_binding_rules(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="mask"):
         binding.plan(two, _summary(tmp_path, x=np.ones((5, 4))))
     assert binding.plan(two, _summary(tmp_path, x=np.ones((5, 4)), mask=np.ones((5, 4))))[1].arrays == ["mask"]
+
+
+def test_the_first_rows_are_read_without_the_rest(tmp_path) -> None:
+    """Calibration and eval read only the samples they use (calibration_max_samples, eval_max_samples): a damaged
+    tail of the file proves the rest was never read."""
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.datasets import read_arrays
+
+    x = np.arange(20000 * 8, dtype=np.float32).reshape(20000, 8)
+    y = np.arange(20000) % 10
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=y)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        member = zf.getinfo("x.npy")
+    end = member.header_offset + 30 + len(member.filename) + member.file_size  # local header is 30 bytes + name
+    raw[end - 100 : end] = b"\xff" * 100  # the last rows of x: its CRC no longer matches
+    path.write_bytes(bytes(raw))
+    head = read_arrays(path, "npz", max_rows=50)
+    np.testing.assert_array_equal(head["x"], x[:50])
+    np.testing.assert_array_equal(head["y"], y[:50])
+    with pytest.raises(zipfile.BadZipFile):
+        read_arrays(path, "npz")
+    compressed = tmp_path / "c.npz"
+    np.savez_compressed(compressed, x=x, f=np.asfortranarray(x))  # a Fortran-ordered member: read whole, then cut
+    head = read_arrays(compressed, "npz", max_rows=7)
+    np.testing.assert_array_equal(head["x"], x[:7])
+    np.testing.assert_array_equal(head["f"], x[:7])
+    table = pa.table({"a": x[:, 0], "b": y})
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=1000)
+    head = read_arrays(tmp_path / "d.parquet", "parquet", max_rows=1500)
+    np.testing.assert_array_equal(head["b"], y[:1500])
+    (tmp_path / "d.csv").write_text("a,b\n" + "".join(f"{i},{i % 10}\n" for i in range(20000)))
+    head = read_arrays(tmp_path / "d.csv", "csv", max_rows=3)
+    np.testing.assert_array_equal(head["a"], [0, 1, 2])

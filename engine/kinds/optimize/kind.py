@@ -33,6 +33,8 @@ from engine.kinds.optimize.plan import (
     Step,
     StepContext,
     choose,
+    feasible,
+    judge_original,
     plan,
     validate,
 )
@@ -127,7 +129,7 @@ class _Runner:
         outcome = kind.execute(sub, params, progress, self.kinds)
         produced = [a for a in outcome.artifacts if a.role == "model"]
         if not produced:
-            raise EngineError(ErrorCode.NO_MODEL, f"{step.kind} produced no model")
+            raise EngineError(ErrorCode.NO_MODEL, f"{step.kind} produced no model: {kind.detail(outcome.report)}")
         summary = kind.summary(outcome.report, step.label, time.monotonic() - t0)
         path = out / produced[0].filename
         # the kind inspected what it produced (ArtifactOut.model_info); inspect only if it did not say
@@ -212,7 +214,8 @@ class Optimize(Kind[OptimizeParams, OptimizeReport]):
 
         progress(0.95, "choosing")
         original = OptimizeTrial.original_row(info, Path(inputs.model_path), trials, evaluation.labeled)
-        mark_pareto([original, *trials])
+        judge_original(original, params)
+        mark_pareto([original, *trials], feasible)
         choice = choose(original, trials, params)
         ctx.warnings.extend(choice.warnings)
         if choice.trial is not None and _same_bytes(choice.trial.model_path, Path(inputs.model_path)):

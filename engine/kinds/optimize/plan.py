@@ -18,7 +18,8 @@ from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo
 from engine.measure.comparison import Comparison
 from engine.select.goal import Goal
-from engine.select.trial import Trial, best
+from engine.select.trial import Trial
+from engine.select.trial import choose as pick
 
 Method = Literal["simplify", "quantize", "prune", "distill"]
 METHODS: tuple[Method, ...] = ("simplify", "quantize", "prune", "distill")
@@ -52,8 +53,10 @@ class OptimizeParams(StrictParams):
     ratios: list[Ratio] = Field(
         default=[0.3, 0.5], min_length=1, max_length=5, description="prune / distill: fractions of width removed"
     )
-    quantize_modes: list[Literal["static", "dynamic", "fp16"]] = Field(
-        default=["static", "dynamic", "fp16"], min_length=1, description="quantize: modes its auto search may try"
+    quantize_modes: list[Literal["static", "dynamic", "fp16", "weight_only"]] = Field(
+        default=["static", "dynamic", "fp16", "weight_only"],
+        min_length=1,
+        description="quantize: modes its auto search may try",
     )
     distill_epochs: int = Field(default=20, ge=1, le=1000, description="distill: most epochs (early stopping on)")
     max_seconds: float = Field(
@@ -312,15 +315,26 @@ class Choice:
     warnings: list[str]
 
 
-def choose(original: OptimizeTrial, trials: list[OptimizeTrial], params: OptimizeParams) -> Choice:
-    measured = [t for t in trials if t.status == "measured"]
+def judge_original(original: OptimizeTrial, params: OptimizeParams) -> None:
+    """The original meets the accuracy goal by definition; the latency and size targets as measured."""
     original.meets = _targets(original, params) | {"accuracy": True}
-    ok = [t for t in measured if t.meets and all(t.meets.values())]
-    if all(original.meets.values()):
-        ok.append(original)
-    if ok:
-        chosen = best(ok, params.objective)
-        if chosen is original:
+
+
+def feasible(t: Trial) -> bool:
+    """The row meets every constraint (accuracy, latency, size)."""
+    meets: dict[str, bool] | None = getattr(t, "meets", None)
+    return meets is not None and bool(meets) and all(meets.values())
+
+
+def choose(original: OptimizeTrial, trials: list[OptimizeTrial], params: OptimizeParams) -> Choice:
+    """The shared choice (engine.select.trial.choose) with the original taking part when it meets the constraints
+    (judged here; the kind judges it before marking the front too)."""
+    judge_original(original, params)
+    measured = [t for t in trials if t.status == "measured"]
+    ok = [t for t in measured if feasible(t)]
+    if ok or feasible(original):
+        chosen = pick(ok, params.objective, original if feasible(original) else None)
+        if chosen is None:
             return Choice(
                 None,
                 True,

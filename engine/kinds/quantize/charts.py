@@ -19,7 +19,8 @@ def charts(report: dict[str, Any]) -> dict[str, Markup]:
         y="metric",
         y_label=f"{metric} on eval",
         chosen=auto.get("chosen"),
-        latency_label="latency vs original (batch 1, 1 thread; lower is faster)",
+        latency_label=f"latency vs original (batch {(auto.get('timed_at') or {}).get('batch_size', 1)}, 1 thread; "
+        "lower is faster)",
     )
     return {
         "trials_latency": by_latency,

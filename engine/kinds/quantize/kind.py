@@ -23,19 +23,29 @@ from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo, check_and_inspect
-from engine.kinds.quantize.auto import AutoSearch, QuantizeTrial, Search, name_nodes, overflowing_nodes
+from engine.kinds.quantize.auto import AutoSearch, QuantizeTrial, Search
 from engine.kinds.quantize.calibration import Reader
 from engine.kinds.quantize.modes import QUANTIZED_OPS, is_quantized, left_in_float, quantize_model
+from engine.kinds.quantize.nodes import name_nodes, overflowing_nodes
 from engine.kinds.quantize.params import QuantizeParams
 from engine.kinds.quantize.sqnr import layer_errors
 from engine.measure.comparison import Comparison, compare_with_params
 from engine.measure.data import EvalData, eval_data
+from engine.measure.fidelity import default_spec
 from engine.runtime import fixed_batch
 
 
 class QuantizeReport(ReportBase):
     kind: Literal["quantize"] = "quantize"
-    mode: str = Field(description="The mode of the model handed back (for auto: of the chosen trial)")
+    mode: str = Field(
+        description="The mode of the model produced (auto: of the chosen trial, or of the best attempt when the "
+        "original is kept)"
+    )
+    handed_back: Literal["quantized", "original"] = Field(
+        default="quantized",
+        description="original: auto found no trial that meets the goal and beats the original on the objective; "
+        "nothing is registered as a model, the comparison shows the best attempt (artifact role best_attempt)",
+    )
     requested_mode: str
     config: dict[str, Any] = Field(description="The settings actually used (defaults filled in)")
     comparison: Comparison
@@ -64,6 +74,11 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
 
         return charts(report)
 
+    def needs(self, params: QuantizeParams) -> set[str]:
+        # /v1/kinds asks with model_construct() (no mode): what every quantize job needs, which is nothing
+        hqq = getattr(params, "mode", None) == "weight_only" and params.weight_only_algorithm == "hqq"
+        return {"torch"} if hqq else set()
+
     def threads(self, params: QuantizeParams) -> int:
         return max(params.threads) if params.threads else 1
 
@@ -81,6 +96,12 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             )
         if info.initializer_bytes == 0 or info.parameter_count == 0:
             raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, "the model has no weights to quantize")
+        if params.mode == "weight_only" and not any(op.split(":")[-1] == "MatMul" for op in info.op_histogram):
+            raise EngineError(
+                ErrorCode.NOTHING_TO_QUANTIZE,
+                "weight_only quantizes MatMul weights (ORT's MatMulNBits) and the model has no MatMul "
+                "(Gemm and Conv are not supported by it): use dynamic or static",
+            )
         if params.mode == "auto" and "eval" not in summaries:
             raise EngineError(
                 ErrorCode.MISSING_DATASET,
@@ -93,14 +114,22 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             binding.plan(info.inputs, summaries[source])
         if "eval" in summaries:
             binding.plan(info.inputs, summaries["eval"])
-        pick_output(info, params.output)
+        output = pick_output(info, params.output)
+        default_spec(info, output, params.pooling, params.mask_input)  # the mask input exists, the pooling fits
+        shape = next(o.shape for o in info.outputs if o.name == output)
+        if params.min_top1_agreement is not None and shape is not None and len(shape) != 2:
+            raise EngineError(
+                ErrorCode.INCOMPATIBLE_MODEL,
+                f"min_top1_agreement needs a classifier-like output [batch, classes]; {output!r} has rank {len(shape)}",
+            )
 
     def detail(self, report: QuantizeReport) -> str:
         auto = report.auto
-        return (
-            f"chose {report.mode} among {len(auto.trials) if auto else 0} configurations; "
-            f"its own goal {'met' if auto and auto.goal_met else 'not met'}"
-        )
+        if auto is None:
+            return f"{report.mode} quantization"
+        if auto.kept_original:
+            return f"kept the original after {len(auto.trials)} configurations: {auto.verdict}"
+        return f"chose {report.mode} among {len(auto.trials)} configurations; its own goal met"
 
     def run(self, ctx: RunContext, params: QuantizeParams) -> Outcome[QuantizeReport]:
         info, progress = ctx.info, ctx.progress
@@ -135,7 +164,13 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
         errors = _error_table(ctx, params, mode, config, feeds, dst, batch)
         floats = _notes(ctx.warnings, mode, config, dst)
         comparison = compare_with_params(
-            src, dst, ctx.inputs, evaluation, params, lambda f, stage: progress(0.65 + 0.33 * f, stage)
+            src,
+            dst,
+            ctx.inputs,
+            evaluation,
+            params,
+            lambda f, stage: progress(0.65 + 0.33 * f, stage),
+            default_spec(info, pick_output(info, params.output), params.pooling, params.mask_input),
         )
         bad = _overflow_warning(ctx, mode, comparison, evaluation)
         report = QuantizeReport(
@@ -155,11 +190,16 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             layer_errors=errors,
             auto=auto,
         )
+        kept = auto is not None and auto.kept_original
+        if kept:
+            report.handed_back = "original"
+            dst = dst.rename(dst.with_name("best_attempt.onnx"))
+            report.output_model["filename"] = dst.name
         artifact = ArtifactOut(
-            role="model",
+            role="best_attempt" if kept else "model",
             filename=dst.name,
             media_type="application/octet-stream",
-            register_as_model=mode if params.mode != "auto" else f"auto-{mode}",
+            register_as_model=None if kept else mode if params.mode != "auto" else f"auto-{mode}",
             model_info=out_info.model_dump(mode="json"),
         )
         return Outcome(report, [artifact])
@@ -174,7 +214,7 @@ def _calibration(
     if role is None or params.mode not in ("static", "auto"):
         return None, None
     ctx.progress(0.02, f"loading calibration data ({role})")
-    feeds, _ = ctx.inputs.feeds(role)
+    feeds, _ = ctx.inputs.feeds(role, params.calibration_max_samples)  # the rest of the dataset is never read
     reader = Reader(feeds, batch, params.calibration_max_samples, params.calibration_method != "minmax")
     if reader.samples < 32:
         ctx.warnings.append(
@@ -209,17 +249,10 @@ def _auto(
         failures = "; ".join(f"{t.name}: {t.error}" for t in block.trials)
         raise EngineError(ErrorCode.QUANTIZATION_FAILED, f"no auto trial produced a usable model: {failures[:800]}")
     shutil.move(str(path), str(dst))
-    if not block.goal_met:
+    if block.kept_original:
         warnings.append(
-            f"goal not met: no configuration reached '{block.goal}' within the budget ({block.stopped_because}); "
-            f"the closest, trial {chosen.index} ({chosen.name}), is handed back: {block.goal_metric} "
-            f"{chosen.metric if chosen.metric is None else round(chosen.metric, 4)} against "
-            f"{block.original_metric if block.original_metric is None else round(block.original_metric, 4)}"
-        )
-    if params.objective == "latency" and chosen.speedup is not None and chosen.speedup < 1:
-        warnings.append(
-            f"the chosen model is slower than the original at batch 1, 1 thread ({chosen.speedup:.2f}x): "
-            "on this machine no measured configuration that meets the goal is faster"
+            f"goal not met, the original is kept (nothing registered as a model; the best attempt is the "
+            f"best_attempt artifact): {block.verdict}; search ended because {block.stopped_because}"
         )
     failed = [t for t in block.trials if t.status == "failed"]
     if failed:

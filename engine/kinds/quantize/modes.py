@@ -107,6 +107,19 @@ def pre_process(src: Path, dst: Path) -> Path:
     return dst
 
 
+def fuse_transformer(src: Path, dst: Path) -> dict[str, int]:
+    """ORT's transformer graph fusion (onnxruntime.transformers.optimizer, its Python fusions only, BERT rules):
+    Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization and the like, which dynamic quantization
+    then quantizes as QAttention. Returns {fused op: count} (empty: nothing matched); dst is written either way."""
+    import onnxruntime.quantization  # noqa: F401 - before onnxruntime.transformers (it edits sys.path)
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    stats = {op: int(n) for op, n in (fused.get_fused_operator_statistics() or {}).items() if n}
+    fused.save_model_to_file(str(dst))
+    return stats
+
+
 def _qtype(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
@@ -143,7 +156,10 @@ def _dynamic(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
         per_channel=bool(params.per_channel),
         reduce_range=params.reduce_range,
         weight_type=_qtype(params.weight_type),
-        nodes_to_exclude=params.nodes_to_exclude or None,
+        # ORT turns each Gemm into MatMul '<name>_MatMul' + Add before quantizing: exclude it by that name too
+        nodes_to_exclude=[*params.nodes_to_exclude, *(f"{n}_MatMul" for n in params.nodes_to_exclude)] or None,
+        # fused graphs (com.microsoft ops) leave some tensor types to shape inference that cannot infer them
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
     return {
         "weight_type": params.weight_type,
@@ -154,12 +170,62 @@ def _dynamic(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
     }
 
 
+def _weight_only(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
+    """4-bit blockwise MatMul weights (ORT's MatMulNBits): RTN is ORT's default quantizer, HQQ its half-quadratic
+    one. Only MatMuls whose weight is a 2-D initializer are quantized; the rest stays float."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config: Any
+    if params.weight_only_algorithm == "hqq":
+        config = HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=4)
+    else:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=params.block_size,
+            is_symmetric=params.weight_only_symmetric,
+            accuracy_level=params.accuracy_level or None,
+            bits=4,
+        )
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        bits=4,
+        block_size=params.block_size,
+        is_symmetric=params.weight_only_symmetric,
+        accuracy_level=params.accuracy_level or None,
+        nodes_to_exclude=params.nodes_to_exclude or None,
+        algo_config=config,
+    )
+    quantizer.process()
+    model = quantizer.model.model
+    if params.weight_only_algorithm == "hqq" and params.accuracy_level:
+        for node in model.graph.node:  # HQQ's config has no accuracy level: set it on the nodes it made
+            if node.op_type == "MatMulNBits":
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", params.accuracy_level))
+    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        why = "weight_only: no MatMul with a constant 2-D weight to quantize (MatMulNBits takes no Gemm or Conv)"
+        raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, why)
+    onnx.save(model, str(dst))
+    return {
+        "bits": 4,
+        "algorithm": params.weight_only_algorithm,
+        "block_size": params.block_size,
+        "symmetric": params.weight_only_symmetric if params.weight_only_algorithm == "rtn" else False,
+        "accuracy_level": params.accuracy_level,
+        "nodes_to_exclude": params.nodes_to_exclude,
+    }
+
+
 def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader | None, tmp: Path) -> dict[str, Any]:
     """Run ORT's quantizer (or the fp16 converter); returns the configuration used."""
     import onnxruntime.quantization  # noqa: F401 - before onnxruntime.transformers (it edits sys.path)
 
     if params.mode == "fp16":
         return _fp16(src, dst, params)
+    if params.mode == "weight_only":
+        return _weight_only(src, dst, params)
     if params.mode == "dynamic":
         return _dynamic(src, dst, params)
     return _static(src, dst, params, reader, tmp)

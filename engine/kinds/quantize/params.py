@@ -10,9 +10,10 @@ from engine.core.kind import BatchSize, StrictParams, ThreadCount
 
 
 class QuantizeParams(StrictParams):
-    mode: Literal["dynamic", "static", "fp16", "auto"] = Field(
+    mode: Literal["dynamic", "static", "fp16", "weight_only", "auto"] = Field(
         description="dynamic: int8 weights, activations quantized at run time; static: int8 weights and "
         "activations calibrated on data (calibration dataset, else train); fp16: half-precision floats; "
+        "weight_only: 4-bit MatMul weights in blocks (ORT's MatMulNBits; a size win on CPU, often not a speed win); "
         "auto: try the candidates that fit the model, measure each on eval and hand back the one that meets "
         "the goal (max_accuracy_drop, or min_output_cosine without labels) with the best objective"
     )
@@ -24,6 +25,20 @@ class QuantizeParams(StrictParams):
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description="Node names to leave in float (fp16: kept in float32)"
+    )
+    weight_only_algorithm: Literal["rtn", "hqq"] = Field(
+        default="rtn",
+        description="weight_only: rtn (round to nearest per block, ORT's default MatMulNBits quantizer) or hqq "
+        "(half-quadratic quantization: scales and zero points optimized per block, no data needed)",
+    )
+    block_size: Literal[16, 32, 64, 128, 256] = Field(
+        default=32, description="weight_only: weights per block sharing one scale (smaller: more accurate, larger)"
+    )
+    weight_only_symmetric: bool = Field(default=False, description="weight_only (rtn): no zero points")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=0,
+        description="weight_only: MatMulNBits' compute type (0: the input's type, fp32 here; 4: int8 activations, "
+        "faster on CPUs with VNNI, less accurate)",
     )
     quant_format: Literal["QDQ", "QOperator"] = Field(default="QDQ", description="static: graph format")
     activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="static: activation type")
@@ -41,7 +56,20 @@ class QuantizeParams(StrictParams):
     )
     keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs and outputs")
     op_block_list: list[str] = Field(default_factory=list, description="fp16: op types to keep in float32")
-    output: str | None = Field(default=None, description="The prediction output (default: first float output)")
+    output: str | None = Field(
+        default=None, description="The prediction output, which fidelity compares (default: first float output)"
+    )
+    pooling: Literal["auto", "none", "mean", "cls"] = Field(
+        default="auto",
+        description="How the output is consumed, for fidelity (the goal without labels): none (the output per "
+        "sample), mean (over the positions mask_input sets, e.g. sentence embeddings), cls (the first position); "
+        "auto: mean when the model has a mask input and a [batch, seq, hidden] output (an encoder), else none. "
+        "Padding positions never count",
+    )
+    mask_input: str | None = Field(
+        default=None,
+        description="The mask input that marks real positions (default: an integer input named like attention_mask)",
+    )
     batch_sizes: list[BatchSize] = Field(default=[1, 32], min_length=1, max_length=4)
     threads: list[ThreadCount] | None = Field(default=None, description="Thread counts to time (default: 1 and all)")
     runs: int = Field(default=50, ge=5, le=10000, description="Timed runs of each model per configuration")
@@ -60,11 +88,24 @@ class QuantizeParams(StrictParams):
         description="auto: the goal when eval has no labels (cosine similarity of the prediction output to the "
         "original's); when set explicitly it is required in addition to the accuracy goal",
     )
-    objective: Literal["latency", "size"] = Field(
-        default="latency", description="auto: what the chosen model minimizes (latency at batch 1, 1 thread)"
+    min_top1_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="auto: the least share of eval samples whose top-1 class agrees with the original's "
+        "(classifier outputs); the goal without labels when given (min_output_cosine then only if set explicitly), "
+        "required in addition to the accuracy goal with labels",
     )
-    auto_modes: list[Literal["static", "dynamic", "fp16"]] = Field(
-        default=["static", "dynamic", "fp16"], min_length=1, description="auto: the modes the search may try"
+    objective: Literal["latency", "size"] = Field(
+        default="latency",
+        description="auto: what the chosen model minimizes (latency at trial_batch_size, 1 thread); a trial must "
+        "beat the original by more than the tie band (10% latency, 2% size), else the original is kept",
+    )
+    auto_modes: list[Literal["static", "dynamic", "fp16", "weight_only"]] = Field(
+        default=["static", "dynamic", "fp16", "weight_only"],
+        min_length=1,
+        description="auto: the modes the search may try (fp16 is a latency candidate only on CPUs with native fp16 "
+        "arithmetic, always one for objective size; weight_only one for objective size on MatMul-heavy models)",
     )
     max_trials: int = Field(default=10, ge=1, le=100, description="auto: most configurations tried")
     max_seconds: float = Field(

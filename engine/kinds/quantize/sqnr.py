@@ -10,6 +10,7 @@ from engine.kinds.quantize.calibration import Reader
 
 ERROR_TABLE_SAMPLES = 8  # collecting every intermediate tensor is memory-hungry: a few samples only
 ERROR_TABLE_ROWS = 20
+MAX_SQNR_DB = 150.0
 
 
 def _activation_errors(float_path: Path, qdq_path: Path, reader: Reader, tmp: Path) -> dict[str, dict[str, float]]:
@@ -38,6 +39,34 @@ def activation_sqnr(float_path: Path, qdq_path: Path, reader: Reader, tmp: Path)
     few = Reader({k: v[:ERROR_TABLE_SAMPLES] for k, v in reader.feeds.items()}, reader.batch, ERROR_TABLE_SAMPLES)
     errors = _activation_errors(float_path, qdq_path, few, tmp)
     return {name: e["xmodel_err"] for name, e in errors.items() if "xmodel_err" in e}
+
+
+def shared_tensor_sqnr(float_path: Path, quant_path: Path, reader: Reader, tmp: Path) -> dict[str, float]:
+    """{tensor: SQNR dB vs float} for every tensor the two models share by name (dynamic quantization keeps the
+    names of the outputs it replaces), on the reader's samples; an exact tensor scores MAX_SQNR_DB."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    aug_f, aug_q = tmp / "float.aug.onnx", tmp / "quant.aug.onnx"
+    try:
+        modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
+        modify_model_output_intermediate_tensors(str(quant_path), str(aug_q))
+        acts_f = collect_activations(str(aug_f), reader)
+        acts_q = collect_activations(str(aug_q), reader)
+    finally:
+        for path in (aug_f, aug_q):
+            path.unlink(missing_ok=True)
+    out = {}
+    for name, fs in acts_f.items():
+        qs = acts_q.get(name)
+        if qs is None or len(qs) != len(fs):
+            continue
+        f = np.concatenate([np.asarray(a, np.float64).ravel() for a in fs])
+        q = np.concatenate([np.asarray(a, np.float64).ravel() for a in qs])
+        if f.shape != q.shape or f.dtype.kind != "f" or not np.isfinite(q).all():
+            continue
+        noise, signal = float(((f - q) ** 2).sum()), float((f**2).sum())
+        out[name] = MAX_SQNR_DB if noise == 0 or signal == 0 else min(MAX_SQNR_DB, 10 * np.log10(signal / noise))
+    return out
 
 
 def layer_errors(float_path: Path, qdq_path: Path, feeds: dict[str, np.ndarray], batch: int, tmp: Path) -> dict:

@@ -1,0 +1,75 @@
+"""The selection rules (engine.select.trial) over random trial tables: whatever a search measured, the trial handed
+back meets the goal, is on the Pareto front and beats the original beyond the tie band; when one could be handed
+back, one is."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.select.trial import TIES, Trial, choose, dominates, improves, mark_pareto
+
+ORIGINAL = Trial(index=-1, name="original", status="measured", metric=0.9, cosine=1.0, speedup=1.0, size_bytes=1000)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[Trial], set[int]]:
+    n = draw(st.integers(0, 12))
+    trials, feasible = [], set()
+    for i in range(n):
+        status = draw(st.sampled_from(["measured"] * 6 + ["failed"]))
+        measured = status == "measured"
+        metric = draw(st.floats(0.5, 0.95)) if measured else None
+        # speed-ups and sizes often near the original's (the noise band), sometimes far from it
+        speedup = draw(st.one_of(st.floats(0.85, 1.2), st.floats(0.2, 5.0))) if measured else None
+        size = draw(st.one_of(st.integers(950, 1050), st.integers(100, 3000))) if measured else None
+        bad = draw(st.sampled_from([0] * 8 + [3])) if measured else 0
+        trial = Trial(
+            index=i, name=f"t{i}", status=status, metric=metric, cosine=metric, speedup=speedup, size_bytes=size,
+            non_finite_values=bad,
+        )  # fmt: skip
+        # the goal: the metric within a drop, plus another condition (cosine, top-1) the metric does not show
+        if measured and not bad and metric is not None and metric >= 0.85 and draw(st.integers(0, 3)) > 0:
+            feasible.add(i)
+        trials.append(trial)
+    return trials, feasible
+
+
+@settings(max_examples=400, deadline=None)
+@given(tables(), st.sampled_from(["latency", "size"]), st.booleans())
+def test_the_choice_is_feasible_on_the_front_and_better_than_the_original(table, objective, with_original) -> None:
+    trials, ok = table
+    mark_pareto(trials, lambda t: t.index in ok)
+    met = [t for t in trials if t.index in ok]
+    original = ORIGINAL if with_original else None
+    chosen = choose(met, objective, original)
+    if chosen is None:
+        if original is None:
+            assert not met  # without the original something that meets the goal is always handed back
+        else:  # nothing on the front of the feasible trials beats the original measurably
+            assert not any(t.pareto and improves(t, original, objective) for t in met)
+        return
+    assert chosen.index in ok and chosen.pareto and not chosen.non_finite_values
+    assert not any(dominates(o, chosen) for o in met if o is not chosen)
+    if original is not None:  # measurably better than the original on the objective: never a slower pick
+        assert chosen.axis(objective) * (1 + TIES[objective]) < original.axis(objective)
+        if objective == "latency":
+            assert chosen.speedup is not None and chosen.speedup > 1 + TIES["latency"]
+    # among the front's trials that beat the original, the best objective within its tie band, the best quality
+    pool = [t for t in met if t.pareto and (original is None or improves(t, original, objective))]
+    top = min(t.axis(objective) for t in pool)
+    near = [t for t in pool if t.axis(objective) <= top * (1 + TIES[objective])]
+    assert chosen in near and chosen.quality == max(t.quality for t in near)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables())
+def test_the_front_is_feasible_first(table) -> None:
+    trials, ok = table
+    mark_pareto(trials, lambda t: t.index in ok)
+    front = [t for t in trials if t.pareto]
+    if ok:
+        assert front and all(t.index in ok for t in front)
+    assert all(t.measured and not t.non_finite_values for t in front)
+    for t in front:  # no trial of the front is dominated by another feasible one
+        assert not any(dominates(o, t) for o in trials if o.index in ok and o is not t)
