@@ -84,7 +84,7 @@ def run(model: Path, calib: Path, evald: Path, params: dict, work: Path, runs: i
     if report.get("auto"):
         a = report["auto"]
         row["auto"] = {
-            "chosen": a["trials"][a["chosen"]]["name"],
+            "chosen": a["trials"][a["chosen"]]["name"] if a["chosen"] is not None else "(original kept)",
             "goal": a["goal"],
             "goal_met": a["goal_met"],
             "trials": [

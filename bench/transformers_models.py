@@ -66,12 +66,22 @@ def minilm(path: Path, seq: int = 128) -> Path:
     import torch
     from transformers import BertModel
 
-    model = BertModel.from_pretrained(str(minilm_dir()), attn_implementation="eager").eval()
+    bert = BertModel.from_pretrained(str(minilm_dir()), attn_implementation="eager").eval()
+
+    class Encoder(torch.nn.Module):  # keyword arguments: the forward signature changes between releases
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
     feeds = {k: torch.from_numpy(v) for k, v in minilm_inputs(2, seq).items()}
     names = ["input_ids", "attention_mask", "token_type_ids"]
     with torch.no_grad():
         torch.onnx.export(
-            model,
+            Encoder().eval(),
             tuple(feeds[k] for k in names),
             str(path),
             input_names=names,
@@ -89,12 +99,20 @@ def gpt2_decoder(path: Path, layers: int = 4, hidden: int = 512, heads: int = 8,
 
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab, n_positions=256)
-    model = GPT2LMHeadModel(config).eval()
-    model.config.use_cache = False
+    gpt = GPT2LMHeadModel(config).eval()
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt = gpt
+
+        def forward(self, input_ids):  # type: ignore[no-untyped-def]
+            return self.gpt(input_ids=input_ids, use_cache=False).logits
+
     ids = torch.randint(0, vocab, (1, 32))
     with torch.no_grad():
         torch.onnx.export(
-            model,
+            Decoder().eval(),
             (ids,),
             str(path),
             input_names=["input_ids"],

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 EPS = 1e-12
+QUALITY_TIE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,16 @@ class Goal:
         drop = self.drop(original, metric)
         ok = finite and drop <= self.max_accuracy_drop + EPS and (cosine_ok or not self.cosine_too) and top1_ok
         return Judgement(metric, drop, ok)
+
+    def quality_tie(self, original: float | None, labeled: bool, share: float = QUALITY_TIE_SHARE) -> float:
+        """Quality differences that count as equal in the choice (engine.select.trial.best): `share` of what the
+        goal allows to lose (the drop allowed in the metric's units, or 1 - the cosine / top-1 threshold)."""
+        if labeled:
+            allowed = self.max_accuracy_drop * abs(original or 0.0) if self.drop_mode == "relative" else None
+            return share * (allowed if allowed is not None else self.max_accuracy_drop)
+        if self.min_top1_agreement is not None:
+            return share * (1 - self.min_top1_agreement)
+        return share * max(0.0, 1 - self.min_output_cosine)
 
     def shortfall(self, *, drop: float | None, cosine: float | None, labeled: bool, top1: float | None = None) -> float:
         """How far from the goal, relative to its own limit (0 when met; inf when nothing was measured)."""

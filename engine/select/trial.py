@@ -95,20 +95,28 @@ def mark_pareto(trials: Sequence[Trial], feasible: Callable[[Trial], bool] = lam
         t.pareto = any(p is t for p in on)
 
 
-def choose(feasible: Sequence[T], objective: Objective, original: Trial | None = None) -> T | None:
+def choose(
+    feasible: Sequence[T], objective: Objective, original: Trial | None = None, quality_tie: float = 0.0
+) -> T | None:
     """The trial to hand back among those that meet the goal: on their front, clearly better than `original` on
     the objective when the original takes part (None: keep the original), then `best`."""
     pool = front(feasible)
     if original is not None:
         pool = [t for t in pool if improves(t, original, objective)]
-    return best(pool, objective) if pool else None
+    return best(pool, objective, quality_tie) if pool else None
 
 
-def best(pool: Sequence[T], objective: Objective) -> T:
+def best(pool: Sequence[T], objective: Objective, quality_tie: float = 0.0) -> T:
     """The best objective. Within its tie band the differences are noise, so the better quality wins, then the other
     axis, then cosine; on a full tie the lowest index (0 is the original where it takes part: a change that gains
-    nothing measurable loses to it)."""
+    nothing measurable loses to it). Qualities within `quality_tie` of the best (absolute; e.g. a tenth of what the
+    goal allows to lose, which once the goal is met buys nothing the user can see) count as equal too: then the
+    other axis decides (of two equally fast encoders meeting the goal, the one at a quarter of the size)."""
     top = min(t.axis(objective) for t in pool)
     near = [t for t in pool if _within(t.axis(objective), top, TIES[objective])]
     other = "size" if objective == "latency" else "latency"
+    if quality_tie > 0:
+        q = max(t.quality for t in near)
+        near = [t for t in near if t.quality >= q - quality_tie]
+        return min(near, key=lambda t: (t.axis(other), -t.quality, t.index))
     return min(near, key=lambda t: (-t.quality, t.axis(other), -(t.cosine or 0.0), t.index))

@@ -4,6 +4,7 @@ back, one is."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,13 +37,13 @@ def tables(draw: st.DrawFn) -> tuple[list[Trial], set[int]]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(tables(), st.sampled_from(["latency", "size"]), st.booleans())
-def test_the_choice_is_feasible_on_the_front_and_better_than_the_original(table, objective, with_original) -> None:
+@given(tables(), st.sampled_from(["latency", "size"]), st.booleans(), st.sampled_from([0.0, 0.0, 0.005, 0.05]))
+def test_the_choice_is_feasible_on_the_front_and_better_than_the_original(table, objective, with_original, tie) -> None:
     trials, ok = table
     mark_pareto(trials, lambda t: t.index in ok)
     met = [t for t in trials if t.index in ok]
     original = ORIGINAL if with_original else None
-    chosen = choose(met, objective, original)
+    chosen = choose(met, objective, original, tie)
     if chosen is None:
         if original is None:
             assert not met  # without the original something that meets the goal is always handed back
@@ -56,10 +57,17 @@ def test_the_choice_is_feasible_on_the_front_and_better_than_the_original(table,
         if objective == "latency":
             assert chosen.speedup is not None and chosen.speedup > 1 + TIES["latency"]
     # among the front's trials that beat the original, the best objective within its tie band, the best quality
+    # (qualities within `tie` of the best count as equal: then the best other axis)
     pool = [t for t in met if t.pareto and (original is None or improves(t, original, objective))]
     top = min(t.axis(objective) for t in pool)
     near = [t for t in pool if t.axis(objective) <= top * (1 + TIES[objective])]
-    assert chosen in near and chosen.quality == max(t.quality for t in near)
+    best_quality = max(t.quality for t in near)
+    assert chosen in near and chosen.quality >= best_quality - tie
+    if tie:
+        other = "size" if objective == "latency" else "latency"
+        assert chosen.axis(other) == min(t.axis(other) for t in near if t.quality >= best_quality - tie)
+    else:
+        assert chosen.quality == best_quality
 
 
 @settings(max_examples=200, deadline=None)
@@ -73,3 +81,16 @@ def test_the_front_is_feasible_first(table) -> None:
     assert all(t.measured and not t.non_finite_values for t in front)
     for t in front:  # no trial of the front is dominated by another feasible one
         assert not any(dominates(o, t) for o in trials if o.index in ok and o is not t)
+
+
+def test_the_quality_tie_is_a_tenth_of_what_the_goal_allows_to_lose() -> None:
+    from engine.select.goal import Goal
+
+    assert Goal(0.01).quality_tie(0.9, labeled=True) == pytest.approx(0.0009)  # 1% relative of 0.9, a tenth
+    assert Goal(0.02, "absolute").quality_tie(0.9, labeled=True) == pytest.approx(0.002)
+    assert Goal(0.01, min_output_cosine=0.99).quality_tie(None, labeled=False) == pytest.approx(0.001)
+    assert Goal(0.01, min_top1_agreement=0.95).quality_tie(None, labeled=False) == pytest.approx(0.005)
+    fast_tiny = Trial(index=1, name="a", status="measured", metric=0.9925, speedup=2.0, size_bytes=270)
+    fast_big = Trial(index=2, name="b", status="measured", metric=0.9929, speedup=2.05, size_bytes=650)
+    assert choose([fast_tiny, fast_big], "latency", ORIGINAL, 0.001) is fast_tiny  # 0.0004 apart: equal quality
+    assert choose([fast_tiny, fast_big], "latency", ORIGINAL) is fast_big  # without a tie the better metric wins

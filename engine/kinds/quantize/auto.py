@@ -367,10 +367,11 @@ class Search:
         measured = [t for t in self.trials if t.measured]
         mark_pareto(measured, lambda t: t.meets_goal)  # type: ignore[attr-defined]  # QuantizeTrials only
         met = [t for t in measured if t.meets_goal]
-        chosen = choose(met, self.params.objective, self.original)
+        tie = self.goal.quality_tie(self.original_metric, self.use_labels)
+        chosen = choose(met, self.params.objective, self.original, tie)
         attempt = chosen
         if attempt is None and met:
-            attempt = best(front(met), self.params.objective)
+            attempt = best(front(met), self.params.objective, tie)
         elif attempt is None:
             attempt = min(measured, key=lambda t: (self._shortfall(t), self._objective(t)), default=None)
         for index, path in self.paths.items():
