@@ -1,7 +1,7 @@
 """Fit-diagnosis corpus with known ground truth, run through the `diagnose` job kind (the code a worker runs).
 
-    .venv/bin/pip install -e '.[bench]'       # torch 2.13.0 (CPU) and scikit-learn
-    .venv/bin/python bench/diagnose_corpus.py
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'       # torch 2.13.0 (CPU) and scikit-learn
+    .venv-bench/bin/python bench/diagnose_corpus.py
 
 Regression: polynomials of degree 1 / 2 / 15 fitted by least squares (Chebyshev basis, so the ONNX graph stays
 accurate in float32) to noisy quadratic data, y = 2x^2 - 0.5 + N(0, 0.2), x ~ U(-1, 1): the classic under / good /

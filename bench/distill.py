@@ -1,7 +1,7 @@
 """Prune, then distill, then quantize: the digits MLP and CNN through the engine's job kinds (the code a job runs).
 
-    .venv/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
-    .venv/bin/python bench/distill.py
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
+    .venv-bench/bin/python bench/distill.py
 
 For each model and ratio (30/50/70%): a `distill` job with the auto student (the teacher structurally pruned by
 the ratio, L1), trained on the 1,257 training images with the 540 test images as validation (early stopping) and

@@ -1,7 +1,7 @@
 """The `optimize` job on the digits MLP and CNN and the ResNet-18-like CNN: the front, the winner, wall time.
 
-    .venv/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
-    .venv/bin/python bench/optimize.py [--cases digits_mlp,digits_cnn,resnet18_like]
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
+    .venv-bench/bin/python bench/optimize.py [--cases digits_mlp,digits_cnn,resnet18_like]
 
 Digits: trained on 1,257 images, 540 as validation and eval (labels; max 1% relative accuracy drop, objective
 latency at batch 1, 1 thread), all methods with ratios 0.3 and 0.5. ResNet-18-like: random weights and random

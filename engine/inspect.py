@@ -30,6 +30,7 @@ _MAC_OPS = {
     "MatMul": (0, 1),
     "MatMulInteger": (0, 1),
     "QLinearMatMul": (0, 3),
+    "MatMulNBits": (0, 1),  # counted as the MatMul it replaces (the light model rewrites it, see _light_model)
 }
 _SMALL_INITIALIZER_BYTES = 4096  # kept for shape inference (Reshape targets etc.); larger ones become inputs
 
@@ -278,7 +279,18 @@ def _light_model(model: ModelProto) -> tuple[ModelProto, int, str]:
                     dims[0].dim_value = 1
             first = False
         inputs.append(vi2)
-    graph = helper.make_graph(list(g.node), g.name or "graph", inputs + extra_inputs, list(g.output), initializer=small)
+    nodes = []
+    for node in g.node:  # shape inference does not know MatMulNBits: count it as the MatMul with a [K, N] weight
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            attrs = {a.name: a.i for a in node.attribute}
+            if "K" in attrs and "N" in attrs:
+                weight = f"{node.input[1]}__as_matmul"
+                extra_inputs.append(
+                    helper.make_tensor_value_info(weight, onnx.TensorProto.FLOAT, [attrs["K"], attrs["N"]])
+                )
+                node = helper.make_node("MatMul", [node.input[0], weight], [node.output[0]], name=node.name)
+        nodes.append(node)
+    graph = helper.make_graph(nodes, g.name or "graph", inputs + extra_inputs, list(g.output), initializer=small)
     light = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     light.functions.extend(model.functions)
     return light, batch, note

@@ -107,16 +107,17 @@ def choose(
 
 
 def best(pool: Sequence[T], objective: Objective, quality_tie: float = 0.0) -> T:
-    """The best objective. Within its tie band the differences are noise, so the better quality wins, then the other
-    axis, then cosine; on a full tie the lowest index (0 is the original where it takes part: a change that gains
-    nothing measurable loses to it). Qualities within `quality_tie` of the best (absolute; e.g. a tenth of what the
-    goal allows to lose, which once the goal is met buys nothing the user can see) count as equal too: then the
-    other axis decides (of two equally fast encoders meeting the goal, the one at a quarter of the size)."""
+    """The best objective, ties settled axis by axis, each with its own band: among the trials within the tie band of
+    the best objective (differences there are noise), the best quality (qualities within `quality_tie` of it count
+    as equal: a tenth of what the goal allows to lose buys nothing the user can see), then among those the best
+    other axis within its band (of two equally fast encoders meeting the goal, the one at a quarter of the size),
+    then the best quality, then the lowest index (candidates come best bets first; 0 is the original where it takes
+    part: a change that gains nothing measurable loses to it)."""
     top = min(t.axis(objective) for t in pool)
     near = [t for t in pool if _within(t.axis(objective), top, TIES[objective])]
+    q = max(t.quality for t in near)
+    near = [t for t in near if t.quality >= q - quality_tie]
     other = "size" if objective == "latency" else "latency"
-    if quality_tie > 0:
-        q = max(t.quality for t in near)
-        near = [t for t in near if t.quality >= q - quality_tie]
-        return min(near, key=lambda t: (t.axis(other), -t.quality, t.index))
-    return min(near, key=lambda t: (-t.quality, t.axis(other), -(t.cosine or 0.0), t.index))
+    low = min(t.axis(other) for t in near)
+    near = [t for t in near if _within(t.axis(other), low, TIES[other])]
+    return min(near, key=lambda t: (-t.quality, -(t.cosine or 0.0), t.index))

@@ -142,6 +142,9 @@ def test_one_report_page_of_each_kind(browser, server, tmp_path) -> None:
             params={"other_model_id": quantized.report().output_model_id, **small},
         )
         submitted["compare"] = compare
+        # auto with a goal nothing meets: the page of a job that kept the original (its banner, the best attempt)
+        kept = {"mode": "auto", "max_trials": 2, "min_output_cosine": 1.0, "trial_runs": 5, **small}
+        submitted["quantize-auto"] = c.submit("quantize", model, datasets=jobs["quantize"][0], params=kept)
         done = {kind: job.wait(timeout=300) for kind, job in submitted.items()}
     for kind, state in done.items():
         assert state.status == "succeeded", (kind, state)

@@ -63,11 +63,14 @@ def test_the_choice_is_feasible_on_the_front_and_better_than_the_original(table,
     near = [t for t in pool if t.axis(objective) <= top * (1 + TIES[objective])]
     best_quality = max(t.quality for t in near)
     assert chosen in near and chosen.quality >= best_quality - tie
-    if tie:
-        other = "size" if objective == "latency" else "latency"
-        assert chosen.axis(other) == min(t.axis(other) for t in near if t.quality >= best_quality - tie)
-    else:
-        assert chosen.quality == best_quality
+    same = [t for t in near if t.quality >= best_quality - tie]
+    other = "size" if objective == "latency" else "latency"
+    low = min(t.axis(other) for t in same)  # then the other axis, within its own band
+    assert chosen.axis(other) <= low * (1 + TIES[other])
+    rivals = [t for t in same if t.axis(other) <= low * (1 + TIES[other])]
+    top_quality = max(t.quality for t in rivals)  # then the best quality, then the lowest index
+    assert chosen.quality == top_quality
+    assert chosen.index == min(t.index for t in rivals if t.quality == top_quality and t.cosine == chosen.cosine)
 
 
 @settings(max_examples=200, deadline=None)

@@ -410,7 +410,7 @@ class Search:
             )
             return f"trial {chosen.index} ({chosen.name}) meets the goal and is handed back: {gain}"
         if attempt is None:
-            return "no trial could be measured; the original is kept"
+            return "no trial could be measured"
         if met:
             measured = (
                 f"{attempt.speedup:.2f}x the original's speed {where}"
@@ -418,12 +418,12 @@ class Search:
                 else f"{attempt.size_ratio:.2f}x its size"
             )
             return (
-                f"the original is kept: no trial that meets the goal is measurably better on {objective} than the "
+                f"no trial that meets the goal is measurably better on {objective} than the "
                 f"original (beyond the {self._tie()} tie band); the best, trial {attempt.index} ({attempt.name}), "
                 f"measured {measured}"
             )
         return (
-            f"the original is kept: no trial met the goal; the closest, trial {attempt.index} ({attempt.name}), "
+            f"no trial met the goal; the closest, trial {attempt.index} ({attempt.name}), "
             f"scored {self.metric_name} {_fmt(attempt.metric)} against the original's {_fmt(self.original_metric)}"
         )
 

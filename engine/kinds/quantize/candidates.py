@@ -108,8 +108,10 @@ def _candidates(
     if not has_torch:
         skipped.append(f"{nbits[1][0]}: ORT's HQQ quantizer needs PyTorch (the train extra)")
         nbits = nbits[:1]
-    if not ops.get("MatMul", 0):
-        skipped += [f"{name}: the model has no MatMul (MatMulNBits quantizes MatMul only)" for name, _ in nbits]
+    if not matmuls:
+        skipped += [
+            f"{name}: the model has no MatMul or Gemm (MatMulNBits quantizes their weights)" for name, _ in nbits
+        ]
         nbits = []
     if not has_calibration:
         skipped += [f"{name}: no calibration or train dataset" for name, _ in static]

@@ -96,11 +96,11 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             )
         if info.initializer_bytes == 0 or info.parameter_count == 0:
             raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, "the model has no weights to quantize")
-        if params.mode == "weight_only" and not any(op.split(":")[-1] == "MatMul" for op in info.op_histogram):
+        if params.mode == "weight_only" and not {"MatMul", "Gemm"} & {op.split(":")[-1] for op in info.op_histogram}:
             raise EngineError(
                 ErrorCode.NOTHING_TO_QUANTIZE,
-                "weight_only quantizes MatMul weights (ORT's MatMulNBits) and the model has no MatMul "
-                "(Gemm and Conv are not supported by it): use dynamic or static",
+                "weight_only quantizes MatMul and Gemm weights (ORT's MatMulNBits) and the model has neither "
+                "(convolutions are not supported by it): use dynamic or static",
             )
         if params.mode == "auto" and "eval" not in summaries:
             raise EngineError(
@@ -251,8 +251,8 @@ def _auto(
     shutil.move(str(path), str(dst))
     if block.kept_original:
         warnings.append(
-            f"goal not met, the original is kept (nothing registered as a model; the best attempt is the "
-            f"best_attempt artifact): {block.verdict}; search ended because {block.stopped_because}"
+            f"goal not met, the original is kept: {block.verdict} (nothing is registered as a model; the best "
+            f"attempt is the best_attempt artifact; the search ended because {block.stopped_because})"
         )
     failed = [t for t in block.trials if t.status == "failed"]
     if failed:

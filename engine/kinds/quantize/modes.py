@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.inspect import ModelInfo
 from engine.kinds.quantize.calibration import CALIB_MERGE_EVERY, Reader
+from engine.kinds.quantize.candidates import embedding_tables
 from engine.kinds.quantize.params import QuantizeParams
 
 QUANTIZED_OPS = {
@@ -170,14 +172,66 @@ def _dynamic(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
     }
 
 
+def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Transposes of initializers become initializers (exporters write a tied lm_head as Transpose(embedding) ->
+    MatMul: the MatMul's weight must be a constant to be quantized). Unused initializers are dropped later."""
+    inits = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in inits and node.output[0] not in outputs:
+            array = numpy_helper.to_array(inits[node.input[0]])
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            model.graph.initializer.append(
+                numpy_helper.from_array(np.ascontiguousarray(array.transpose(perm)), node.output[0])
+            )
+            continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
 def _weight_only(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]:
     """4-bit blockwise MatMul weights (ORT's MatMulNBits): RTN is ORT's default quantizer, HQQ its half-quadratic
-    one. Only MatMuls whose weight is a 2-D initializer are quantized; the rest stays float."""
+    one. Gemms are first rewritten as MatMul + Add (ORT's own rewrite, as its dynamic quantizer does; exporters write
+    linear layers as either); only MatMuls whose weight is a 2-D initializer are quantized, the rest stays float.
+    Embedding tables (RTN): GatherBlockQuantized needs opset 21, to which ORT lifts the model; when the lifted model
+    fails the checker (an op whose signature changed since the model's opset), it is redone without them."""
+    # ORT's HQQ has no Gather; without an embedding table, asking for Gather would only lift the opset
+    gather = params.weight_only_gather and params.weight_only_algorithm == "rtn" and embedding_tables(src) > 0
+    model = _nbits(src, params, gather=gather)
+    note = None
+    if gather:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            first = str(exc).splitlines()[0][:200]
+            note = f"embedding tables left in float: lifted to opset 21 the model is invalid ({first})"
+            model, gather = _nbits(src, params, gather=False), False
+    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        why = "weight_only: no MatMul or Gemm with a constant 2-D weight to quantize (MatMulNBits takes no Conv)"
+        raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, why)
+    onnx.save(model, str(dst))
+    used = {
+        "bits": 4,
+        "algorithm": params.weight_only_algorithm,
+        "block_size": params.block_size,
+        "symmetric": params.weight_only_symmetric if params.weight_only_algorithm == "rtn" else False,
+        "accuracy_level": params.accuracy_level,
+        "embedding_tables": gather,
+        "nodes_to_exclude": params.nodes_to_exclude,
+    }
+    return {**used, "embedding_tables_note": note} if note else used
+
+
+def _nbits(src: Path, params: QuantizeParams, *, gather: bool) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
+    from onnxruntime.quantization.onnx_model import ONNXModel
 
     config: Any
     if params.weight_only_algorithm == "hqq":
@@ -188,34 +242,27 @@ def _weight_only(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]
             is_symmetric=params.weight_only_symmetric,
             accuracy_level=params.accuracy_level or None,
             bits=4,
+            op_types_to_quantize=("MatMul", "Gather") if gather else ("MatMul",),
         )
+    source = ONNXModel(fold_weight_transposes(onnx.load(str(src))))
+    source.replace_gemm_with_matmul()
+    excluded = [*params.nodes_to_exclude, *(f"{n}_MatMul" for n in params.nodes_to_exclude)]  # a Gemm's new name
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(src)),
+        source.model,
         bits=4,
         block_size=params.block_size,
         is_symmetric=params.weight_only_symmetric,
         accuracy_level=params.accuracy_level or None,
-        nodes_to_exclude=params.nodes_to_exclude or None,
+        nodes_to_exclude=excluded or None,
         algo_config=config,
     )
     quantizer.process()
-    model = quantizer.model.model
+    model: onnx.ModelProto = quantizer.model.model
     if params.weight_only_algorithm == "hqq" and params.accuracy_level:
         for node in model.graph.node:  # HQQ's config has no accuracy level: set it on the nodes it made
             if node.op_type == "MatMulNBits":
                 node.attribute.append(onnx.helper.make_attribute("accuracy_level", params.accuracy_level))
-    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
-        why = "weight_only: no MatMul with a constant 2-D weight to quantize (MatMulNBits takes no Gemm or Conv)"
-        raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, why)
-    onnx.save(model, str(dst))
-    return {
-        "bits": 4,
-        "algorithm": params.weight_only_algorithm,
-        "block_size": params.block_size,
-        "symmetric": params.weight_only_symmetric if params.weight_only_algorithm == "rtn" else False,
-        "accuracy_level": params.accuracy_level,
-        "nodes_to_exclude": params.nodes_to_exclude,
-    }
+    return model
 
 
 def quantize_model(src: Path, dst: Path, params: QuantizeParams, reader: Reader | None, tmp: Path) -> dict[str, Any]:

@@ -35,6 +35,11 @@ class QuantizeParams(StrictParams):
         default=32, description="weight_only: weights per block sharing one scale (smaller: more accurate, larger)"
     )
     weight_only_symmetric: bool = Field(default=False, description="weight_only (rtn): no zero points")
+    weight_only_gather: bool = Field(
+        default=True,
+        description="weight_only (rtn): embedding tables (Gather) in 4-bit too (GatherBlockQuantized; the model's "
+        "opset becomes 21); ORT's HQQ cannot",
+    )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=0,
         description="weight_only: MatMulNBits' compute type (0: the input's type, fp32 here; 4: int8 activations, "
