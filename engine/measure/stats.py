@@ -35,9 +35,12 @@ def bootstrap_gap(
     n_val: int,
     resamples: int,
     seed: int,
+    lower_is_better: bool = False,
 ) -> dict[str, Any]:
     """Percentile intervals of train, validation, absolute gap and relative gap; the two splits are resampled
-    independently (they are independent samples). Seeded: the same inputs give the same interval."""
+    independently (they are independent samples). Seeded: the same inputs give the same interval. The gap is how
+    much worse validation is: train - validation, relative to train, for a score; for a loss (`lower_is_better`)
+    validation - train, relative to validation (bounded by 1, and meaningful however large the loss grows)."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(resamples):
@@ -45,7 +48,10 @@ def bootstrap_gap(
         b = val(rng.integers(0, n_val, n_val))
         if a is None or b is None:
             continue
-        rows.append((a, b, a - b, (a - b) / abs(a) if a else np.nan))
+        if lower_is_better:
+            rows.append((a, b, b - a, (b - a) / abs(b) if b else np.nan))
+        else:
+            rows.append((a, b, a - b, (a - b) / abs(a) if a else np.nan))
     if len(rows) < resamples // 2:
         return {"resamples": len(rows)}
     arr = np.asarray(rows, dtype=np.float64)

@@ -327,3 +327,87 @@ def test_dropout_remedy_names_the_hidden_layers(tmp_path) -> None:
     assert report["primary_metric"] == "macro_f1" and report["verdict"] == "overfit"
     dropout = next(r for r in report["remedies"] if r["action"].startswith("dropout"))
     assert dropout["setting"]["layers"] == ["fc1"]  # fc2 is the output layer
+
+
+def test_no_gap_is_not_a_good_fit(tmp_path, linear_classifier) -> None:
+    """Poor on train and on validation alike (accuracy ~0.45, 5 classes, a gain over the baseline of ~0.3): without
+    a gap the old rule said good_fit. With falling losses at the last epoch it is underfit; without a history, the
+    gain is below what a good fit needs: inconclusive, and it says why."""
+    model, split = linear_classifier
+    n = 3000  # enough that the gap's interval is narrower than the threshold: no gap, for sure
+    data = {"train": split("train", n, 0.69, 1), "validation": split("val", n, 0.69, 2)}
+    report = _diagnose(tmp_path, model, **data)
+    va_gain = report["splits"]["validation"]["gain"]
+    assert 0.1 < va_gain < 0.5 and report["splits"]["train"]["gain"] > 0.25  # neither old underfit rule fires
+    assert report["verdict"] == "inconclusive"
+    assert any(e["code"] == "gain_below_good_fit" for e in report["evidence"])
+    assert "below the 50.0% a good fit needs" in report["summary"]
+    falling = [2.0 - 0.1 * e for e in range(30)]
+    history = _keras(tmp_path / "h.json", falling, [t + 0.05 for t in falling])
+    report = _diagnose(tmp_path, model, **data, history=history)
+    assert report["verdict"] == "underfit" and report["history"]["still_improving"] is True
+    assert any(r["action"] == "train for more epochs" for r in report["remedies"])
+
+
+def _polynomial(tmp_path: Path, degree: int, x: np.ndarray, y: np.ndarray) -> Path:
+    """A float64 ONNX model of the least-squares polynomial of `degree` through (x, y): Pow features, MatMul, Add."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    coef = np.polynomial.polynomial.polyfit(x, y, degree)  # lowest power first
+    inits = [
+        numpy_helper.from_array(np.arange(1, degree + 1, dtype=np.float64), "powers"),
+        numpy_helper.from_array(coef[1:].reshape(-1, 1), "w"),
+        numpy_helper.from_array(coef[:1], "b"),
+    ]
+    nodes = [
+        helper.make_node("Pow", ["x", "powers"], ["features"]),
+        helper.make_node("MatMul", ["features", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "poly",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["n", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"poly{degree}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_clear_overfitting_on_a_small_train_split_is_decided_by_the_intervals(tmp_path) -> None:
+    """A degree-15 polynomial through 20 points, validated on 200: train R^2 ~1, validation R^2 far below 0. The
+    train split is under min_samples, but the gap's interval is narrow: overfit, not 'too few samples'. The gap is
+    measured on RMSE (bounded relative gap), R^2 only described."""
+    rng = np.random.default_rng(3)
+    x_tr, x_va = np.sort(rng.uniform(-1, 1, 20)), rng.uniform(-1, 1, 200)
+    f = np.sin(3 * x_tr), np.sin(3 * x_va)
+    y_tr, y_va = f[0] + rng.normal(0, 0.2, 20), f[1] + rng.normal(0, 0.2, 200)
+    model = _polynomial(tmp_path, 15, x_tr, y_tr)
+    train = data_files.npz(tmp_path / "tr.npz", x=x_tr.reshape(-1, 1), y=y_tr)
+    val = data_files.npz(tmp_path / "va.npz", x=x_va.reshape(-1, 1), y=y_va)
+    report = _diagnose(tmp_path, model, train=train, validation=val)
+    tr, va = report["splits"]["train"]["metrics"], report["splits"]["validation"]["metrics"]
+    assert tr["r2"] > 0.95 and va["r2"] < 0, (tr, va)
+    gap = report["gap"]
+    assert gap["metric"] == "rmse" and gap["lower_is_better"] is True and 0.5 < gap["relative"] <= 1
+    assert gap["relative_ci95"][0] > 0.1
+    assert report["verdict"] == "overfit", report["evidence"]
+    codes = [e["code"] for e in report["evidence"]]
+    assert "few_samples_narrow_interval" in codes and "too_few_samples" not in codes
+    assert "train has 20 samples" in next(e["text"] for e in report["evidence"] if e["code"].startswith("few"))
+
+    # degree 5 through 1,000 points, validated on 1,000 more: no overfitting, and the RMSE gap's interval is narrow
+    # enough to say so (on 200 points it straddles the threshold: inconclusive, never good_fit by default)
+    x_big, x_val = rng.uniform(-1, 1, 1000), rng.uniform(-1, 1, 1000)
+    y_big, y_val = np.sin(3 * x_big) + rng.normal(0, 0.2, 1000), np.sin(3 * x_val) + rng.normal(0, 0.2, 1000)
+    model = _polynomial(tmp_path, 5, x_big, y_big)
+    train = data_files.npz(tmp_path / "tr2.npz", x=x_big.reshape(-1, 1), y=y_big)
+    val = data_files.npz(tmp_path / "va2.npz", x=x_val.reshape(-1, 1), y=y_val)
+    report = _diagnose(tmp_path, model, train=train, validation=val)
+    assert report["verdict"] == "good_fit", report["evidence"]
+    assert abs(report["gap"]["relative"]) < 0.1

@@ -231,31 +231,38 @@ def _splits(
 def _gap(
     params: DiagnoseParams, predictions: dict[str, Predictions], splits: dict[str, SplitResult], primary: str
 ) -> Gap | None:
-    """train - validation on the primary metric, with bootstrap intervals (and the test split's interval)."""
+    """How much worse validation is than train, with bootstrap intervals (and the primary's interval per split).
+    Regression measures the gap on RMSE, not R^2: R^2 is unbounded below (-6e4 for a polynomial extrapolating), so
+    a relative gap on it means nothing; R^2 stays in the report as a description."""
     n_train, n_val = splits["train"].samples, splits["validation"].samples
     fa, fb = predictions["train"].metric_fn(primary), predictions["validation"].metric_fn(primary)
-    boot = bootstrap_gap(fa, fb, n_train, n_val, params.bootstrap_resamples, params.seed)
-    splits["train"].primary_ci95 = boot.get("train")
-    splits["validation"].primary_ci95 = boot.get("validation")
+    for role, f in (("train", fa), ("validation", fb)):
+        splits[role].primary_ci95 = bootstrap_ci(f, splits[role].samples, params.bootstrap_resamples, params.seed)
+    loss = predictions["train"].task == "regression"
+    metric = "rmse" if loss else primary
+    fa, fb = predictions["train"].metric_fn(metric), predictions["validation"].metric_fn(metric)
+    boot = bootstrap_gap(fa, fb, n_train, n_val, params.bootstrap_resamples, params.seed, lower_is_better=loss)
     if "test" in predictions:
         splits["test"].primary_ci95 = bootstrap_ci(
             predictions["test"].metric_fn(primary), splits["test"].samples, params.bootstrap_resamples, params.seed
         )
-    a, b = splits["train"].metrics.get(primary), splits["validation"].metrics.get(primary)
+    a, b = splits["train"].metrics.get(metric), splits["validation"].metrics.get(metric)
     if a is None or b is None:
         return None
+    worse, base = (b - a, b) if loss else (a - b, a)
     gap = Gap(
-        metric=primary,
-        absolute=a - b,
-        relative=(a - b) / abs(a) if a else None,
+        metric=metric,
+        lower_is_better=loss,
+        absolute=worse,
+        relative=worse / abs(base) if base else None,
         absolute_ci95=boot.get("absolute"),
         relative_ci95=boot.get("relative"),
         resamples=boot["resamples"],
         p_value=two_proportion_p(a, n_train, b, n_val) if primary == "accuracy" else None,
     )
-    test = splits["test"].metrics.get(primary) if "test" in splits else None
+    test = splits["test"].metrics.get(metric) if "test" in splits else None
     if test is not None:
-        gap.test_absolute = a - test
+        gap.test_absolute = test - a if loss else a - test
     return gap
 
 

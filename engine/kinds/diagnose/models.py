@@ -24,7 +24,8 @@ class DiagnoseParams(StrictParams):
         default=0.10,
         gt=0,
         lt=1,
-        description="Overfit when (train - val) / |train| reaches this and its interval excludes 0",
+        description="Overfit when the relative gap reaches this and its interval excludes 0: (train - val) / |train| "
+        "on accuracy-like metrics; for regression (val RMSE - train RMSE) / val RMSE",
     )
     underfit_gain: float = Field(
         default=0.10,
@@ -38,7 +39,20 @@ class DiagnoseParams(StrictParams):
     train_target: float | None = Field(
         default=None, description="Underfit when the primary metric on train is below this target (e.g. 0.95)"
     )
-    min_samples: int = Field(default=30, ge=2, description="Fewer samples in a split: verdict inconclusive")
+    good_fit_gain: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="good_fit needs positive evidence: the gain over the naive baseline on validation reaches this "
+        "(and nothing says underfit: no gain, a train target missed, losses still falling or flat at a low level); "
+        "below it, without an underfitting signal, the verdict is inconclusive",
+    )
+    min_samples: int = Field(
+        default=30,
+        ge=2,
+        description="A split with fewer samples makes the verdict inconclusive unless the gap's 95% interval is "
+        "narrower than overfit_relative_gap (then the intervals decide)",
+    )
     bootstrap_resamples: int = Field(default=1000, ge=100, le=20000)
     seed: int = Field(default=0, description="Seed of the bootstrap (same seed and data: same interval)")
     max_samples: int | None = Field(default=20000, ge=1, description="Samples used per split")
@@ -61,14 +75,17 @@ class SplitResult(BaseModel):
 
 
 class Gap(BaseModel):
-    metric: str
-    absolute: float = Field(description="train - validation")
-    relative: float | None = Field(description="(train - validation) / |train|")
+    metric: str = Field(description="The metric the gap is measured on: the primary, or rmse for regression")
+    lower_is_better: bool = Field(default=False, description="A loss (rmse): the gap is validation - train")
+    absolute: float = Field(description="How much worse validation is: train - validation (a loss: val - train)")
+    relative: float | None = Field(
+        description="(train - validation) / |train|; for a loss (validation - train) / validation, at most 1"
+    )
     absolute_ci95: list[float] | None
     relative_ci95: list[float] | None
     resamples: int
     p_value: float | None = Field(default=None, description="Two-proportion z-test, train vs validation accuracy")
-    test_absolute: float | None = Field(default=None, description="train - test, when a test split is given")
+    test_absolute: float | None = Field(default=None, description="How much worse test is than train, if given")
 
 
 class Evidence(BaseModel):

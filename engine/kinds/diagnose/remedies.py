@@ -97,7 +97,7 @@ def _against_overfitting(
         out.append(
             Remedy(
                 action="more training data",
-                why=f"the gap ({num(gap.absolute)} in {primary}) typically shrinks like 1/sqrt(n): a rule of "
+                why=f"the gap ({num(gap.absolute)} in {gap.metric}) typically shrinks like 1/sqrt(n): a rule of "
                 "thumb, not a measurement",
                 setting={
                     "train_samples_now": n_train,

@@ -1,4 +1,9 @@
-"""The verdict from the evidence, by the documented thresholds of DiagnoseParams."""
+"""The verdict from the evidence, by the documented thresholds of DiagnoseParams.
+
+Never wrong on a clear case: `good_fit` needs positive evidence (the validation gain over the naive baseline reaches
+`good_fit_gain`, and nothing says underfit), not only the absence of a gap; a split smaller than `min_samples`
+makes the verdict inconclusive only when the gap's interval is too wide to decide (wider than the overfitting
+threshold), and the report says which split is small; signals that conflict give `inconclusive` with the reason."""
 
 from __future__ import annotations
 
@@ -39,44 +44,73 @@ def decide(
     """The verdict, a one-line summary and the evidence, by the documented thresholds of DiagnoseParams."""
     note = _Notes()
     tr, va = splits["train"], splits["validation"]
-    small = [r for r, s in splits.items() if s.samples < p.min_samples]
-    if small:
-        note(
-            "too_few_samples",
-            "inconclusive",
-            f"{', '.join(f'{r} has {splits[r].samples}' for r in small)} samples, fewer than {p.min_samples}: "
-            "intervals are too wide to decide",
-        )
     if identical:
         note("same_data", "inconclusive", "train and validation are the same data")
     onset = history is not None and history.overfit_onset_epoch is not None
-    overfit, straddle = _gap_evidence(note, primary, tr, va, gap, p, onset)
+    overfit, straddle = _gap_evidence(note, tr, va, gap, p, onset)
     underfit = _gain_evidence(note, task, primary, tr, va, p)
-    _history_evidence(note, history, tr)
+    slow = _history_evidence(note, history, tr)
     _weights_evidence(note, weights)
-    verdict = _verdict(note, bool(small) or identical, overfit, underfit, straddle)
+    too_wide = _sample_size_evidence(note, splits, gap, p)
+    fits = va.gain is not None and va.gain >= p.good_fit_gain
+    # the history's signal says underfit only where the gains do not say the model fits: poor on validation and
+    # on train (a model that fits train fully while its losses still fall is not underfit)
+    poor_train = tr.gain is None or tr.gain < p.good_fit_gain
+    underfit = underfit or (slow and not fits and poor_train)
+    verdict = _verdict(note, too_wide or identical, overfit, underfit, straddle, slow, fits, va, p)
     return verdict, _summary(verdict, primary, tr, va, gap, note.items), note.items
 
 
+def _sample_size_evidence(note: _Notes, splits: dict[str, SplitResult], gap: Gap | None, p: DiagnoseParams) -> bool:
+    """A split under min_samples: the gap's interval decides whether it can be read (True: too wide to decide)."""
+    small = [r for r in ("train", "validation") if splits[r].samples < p.min_samples]
+    if not small:
+        return False
+    who = " and ".join(f"{r} has {splits[r].samples} samples" for r in small)
+    ci = gap.relative_ci95 if gap is not None else None
+    if ci is None:
+        note("too_few_samples", "inconclusive", f"{who}, fewer than {p.min_samples}, and the gap has no interval")
+        return True
+    width = ci[1] - ci[0]
+    if width > p.overfit_relative_gap:
+        note(
+            "too_few_samples",
+            "inconclusive",
+            f"{who}, fewer than {p.min_samples}: the gap's 95% interval ({pct(ci[0])} to {pct(ci[1])}) is wider than "
+            f"the {pct(p.overfit_relative_gap)} threshold, too wide to decide",
+        )
+        return True
+    note(
+        "few_samples_narrow_interval",
+        "none",
+        f"{who}, fewer than {p.min_samples}, but the gap's 95% interval ({pct(ci[0])} to {pct(ci[1])}) is narrower "
+        f"than the {pct(p.overfit_relative_gap)} threshold: the intervals decide",
+    )
+    return False
+
+
 def _gap_evidence(
-    note: _Notes, primary: str, tr: SplitResult, va: SplitResult, gap: Gap | None, p: DiagnoseParams, onset: bool
+    note: _Notes, tr: SplitResult, va: SplitResult, gap: Gap | None, p: DiagnoseParams, onset: bool
 ) -> tuple[bool, bool]:
     """What the train/validation gap says: (overfit, straddles the threshold)."""
     overfit = straddle = False
     learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
+    metric = gap.metric if gap is not None else ""
     if gap is not None and gap.relative is not None and not learned:
         note(
             "gap_of_an_unfit_model",
             "none",
-            f"{primary} is {num(tr.metrics[primary])} on train and {num(va.metrics[primary])} on "
+            f"{metric} is {num(tr.metrics.get(metric))} on train and {num(va.metrics.get(metric))} on "
             f"validation: the model fits too little of train (gain {pct(tr.gain)}) for the gap to mean "
             "overfitting",
         )
     elif gap is not None and gap.relative is not None:
         lo, hi = (gap.relative_ci95[0], gap.relative_ci95[1]) if gap.relative_ci95 else (None, None)
+        moves = "rises" if gap.lower_is_better else "falls"
+        share = " (of validation's)" if gap.lower_is_better else ""
         text = (
-            f"{primary} falls from {num(tr.metrics[primary])} on train to {num(va.metrics[primary])} on validation: "
-            f"a relative gap of {pct(gap.relative)}"
+            f"{metric} {moves} from {num(tr.metrics.get(metric))} on train to {num(va.metrics.get(metric))} on "
+            f"validation: a relative gap of {pct(gap.relative)}{share}"
             + (f" (95% interval {pct(lo)} to {pct(hi)})" if lo is not None else "")
             + (f", p = {gap.p_value:.2g}" if gap.p_value is not None else "")
         )
@@ -137,9 +171,10 @@ def _gain_evidence(note: _Notes, task: str, primary: str, tr: SplitResult, va: S
     return underfit
 
 
-def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitResult) -> None:
+def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitResult) -> bool:
+    """What the training history says; True when it says the model has not fit yet (still improving, or flat low)."""
     if history is None:
-        return
+        return False
     if history.overfit_onset_epoch is not None:
         note(
             "history_onset",
@@ -154,13 +189,15 @@ def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitRe
             "training and validation loss are both still falling at the last epoch "
             f"({history.epochs}): more epochs would help",
         )
-    if history.plateaued and tr.gain is not None and tr.gain <= 0.5:
+    low = history.plateaued and tr.gain is not None and tr.gain <= 0.5
+    if low:
         note(
             "history_plateau_low",
             "underfit",
             "both losses have flattened while train performance is low: more capacity or better "
             "features, not more epochs",
         )
+    return bool(history.still_improving or low)
 
 
 def _weights_evidence(note: _Notes, weights: list[dict[str, Any]] | None) -> None:
@@ -173,21 +210,52 @@ def _weights_evidence(note: _Notes, weights: list[dict[str, Any]] | None) -> Non
             )
 
 
-def _verdict(note: _Notes, undecidable: bool, overfit: bool, underfit: bool, straddle: bool) -> Verdict:
+def _verdict(
+    note: _Notes,
+    undecidable: bool,
+    overfit: bool,
+    underfit: bool,
+    straddle: bool,
+    slow: bool,
+    fits: bool,
+    va: SplitResult,
+    p: DiagnoseParams,
+) -> Verdict:
+    """`slow`: the history says the model has not fit yet; `fits`: the validation gain reaches good_fit_gain."""
     if undecidable:
-        verdict: Verdict = "inconclusive"
-    elif overfit and underfit:
-        verdict = "inconclusive"
-        note("conflict", "inconclusive", "signals conflict: a significant gap and no gain over the baseline")
-    elif overfit:
-        verdict = "overfit"
-    elif underfit:
-        verdict = "underfit"
-    elif straddle:
-        verdict = "inconclusive"
-    else:
-        verdict = "good_fit"
-    return verdict
+        return "inconclusive"
+    if overfit and underfit:
+        note("conflict", "inconclusive", "signals conflict: a significant gap and signs of underfitting")
+        return "inconclusive"
+    if overfit:
+        return "overfit"
+    if underfit:
+        return "underfit"
+    if straddle:
+        return "inconclusive"
+    if slow:
+        note(
+            "fits_but_still_learning",
+            "inconclusive",
+            f"the validation gain ({pct(va.gain)}) says the model fits, the history says it is still learning: "
+            "train longer and diagnose again",
+        )
+        return "inconclusive"
+    if not fits:
+        note(
+            "gain_below_good_fit",
+            "inconclusive",
+            f"no gap and no sign of underfitting, but the validation gain over the naive baseline ({pct(va.gain)}) "
+            f"is below the {pct(p.good_fit_gain)} a good fit needs",
+        )
+        return "inconclusive"
+    note(
+        "good_fit_gain",
+        "good_fit",
+        f"validation gains {pct(va.gain)} of the way from the naive baseline to perfect, at or above the "
+        f"{pct(p.good_fit_gain)} a good fit needs",
+    )
+    return "good_fit"
 
 
 def _summary(
@@ -195,10 +263,14 @@ def _summary(
 ) -> str:
     rel = pct(gap.relative if gap else None)
     summaries = {
-        "overfit": f"Overfit: {primary} is {rel} lower on validation than on train, beyond what chance explains.",
+        "overfit": f"Overfit: {gap.metric if gap else primary} is {rel} "
+        f"{'higher' if gap is not None and gap.lower_is_better else 'lower'} on validation than on train"
+        f"{' (relative to validation)' if gap is not None and gap.lower_is_better else ''}, beyond what chance "
+        "explains.",
         "underfit": f"Underfit: the model gains only {pct(va.gain)} over a naive baseline on validation "
         f"({pct(tr.gain)} on train).",
-        "good_fit": f"Good fit: {primary} {num(va.metrics.get(primary))} on validation, {rel} below train, "
+        "good_fit": f"Good fit: {primary} {num(va.metrics.get(primary))} on validation, a gap of {rel} on "
+        f"{gap.metric if gap else primary}, "
         f"{pct(va.gain)} of the way from the naive baseline to perfect.",
         "inconclusive": "Inconclusive: " + "; ".join(e.text for e in ev if e.points_to == "inconclusive")[:400] + ".",
     }
