@@ -236,19 +236,17 @@ class Search:
         return trial
 
     def _quantize_and_measure(self, trial: QuantizeTrial, config: dict[str, Any], dst: Path) -> None:
-        fuse = bool(config.get("fuse")) and config["mode"] == "dynamic"
+        prep = _preparation(config)
         settings = {k: v for k, v in config.items() if k != "fuse"}
         qparams = QuantizeParams.model_validate({**self.params.model_dump(exclude_unset=True), **settings})
         t0 = time.perf_counter()
         static = config["mode"] == "static"
-        pre = bool(config.get("pre_process")) and static
         if static:  # pre-processing is done once for every trial, not by the quantizer
             qparams = qparams.model_copy(update={"pre_process": False})
-        source = self.source("pre_process" if pre else "fuse" if fuse else "original")
-        used = quantize_model(source, dst, qparams, self.reader if static else None, self.work)
+        used = quantize_model(self.source(prep), dst, qparams, self.reader if static else None, self.work)
         if static:
-            used["pre_process"] = pre
-        if fuse:
+            used["pre_process"] = prep == "pre_process"
+        if prep == "fuse":
             used["fuse"] = True
             used["fused_ops"] = self.fused_ops
         trial.quantization_seconds = round(time.perf_counter() - t0, 3)
@@ -272,9 +270,8 @@ class Search:
         static = target.mode == "static"
         if static and self.reader is None:
             return
-        prep = "pre_process" if target.config.get("pre_process") else "fuse" if target.config.get("fuse") else ""
         try:
-            source = self.source(prep or "original")
+            source = self.source(_preparation(target.config))
             if static:
                 assert self.reader is not None
                 sqnr = activation_sqnr(source, self.paths[target.index], self.reader, self.work)
@@ -429,6 +426,15 @@ class Search:
 
     def _tie(self) -> str:
         return f"{TIES[self.params.objective]:.0%}"
+
+
+def _preparation(config: dict[str, Any]) -> str:
+    """Which source a trial's config quantizes (Search.source): pre-processed (static), fused (dynamic), original."""
+    if config["mode"] == "static" and config.get("pre_process"):
+        return "pre_process"
+    if config["mode"] == "dynamic" and config.get("fuse"):
+        return "fuse"
+    return "original"
 
 
 def _fmt(v: float | None) -> str:

@@ -33,27 +33,23 @@ def candidates(
     latency candidate only where the CPU computes in fp16 (`fp16_fast`): elsewhere ORT adds casts around fp32
     kernels and it is never faster."""
     todo, skipped = _candidates(info, has_calibration, embeddings, has_torch)
-    skipped += [
-        f"{name}: {config['mode']} is not in auto_modes" for name, config in todo if config["mode"] not in modes
-    ]
-    todo = [(n, c) for n, c in todo if c["mode"] in modes]
+    excluded: dict[str, str] = {m: f"{m} is not in auto_modes" for m in ("static", "dynamic", "fp16", "weight_only")}
+    for mode in modes:
+        excluded.pop(mode, None)
     if objective == "latency" and not fp16_fast:
-        skipped += [
-            f"{n}: this CPU has no native fp16 arithmetic (AVX512-FP16, AMX-FP16, Arm FP16), so fp16 cannot be "
-            "faster than fp32; it is a candidate for objective size"
-            for n, c in todo
-            if c["mode"] == "fp16"
-        ]
-        todo = [(n, c) for n, c in todo if c["mode"] != "fp16"]
+        excluded.setdefault(
+            "fp16",
+            "this CPU has no native fp16 arithmetic (AVX512-FP16, AMX-FP16, Arm FP16), so fp16 cannot be faster "
+            "than fp32; it is a candidate for objective size",
+        )
     if objective == "latency":
-        skipped += [
-            f"{n}: weight-only 4-bit is a size candidate (MatMulNBits dequantizes its blocks as it computes: on CPU "
-            "a size win, rarely a speed win); it is tried for objective size"
-            for n, c in todo
-            if c["mode"] == "weight_only"
-        ]
-        todo = [(n, c) for n, c in todo if c["mode"] != "weight_only"]
-    return todo, skipped
+        excluded.setdefault(
+            "weight_only",
+            "weight-only 4-bit is a size candidate (MatMulNBits dequantizes its blocks as it computes: on CPU a "
+            "size win, rarely a speed win); it is tried for objective size",
+        )
+    skipped += [f"{n}: {excluded[c['mode']]}" for n, c in todo if c["mode"] in excluded]
+    return [(n, c) for n, c in todo if c["mode"] not in excluded], skipped
 
 
 def _candidates(

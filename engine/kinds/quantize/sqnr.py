@@ -13,24 +13,26 @@ ERROR_TABLE_ROWS = 20
 MAX_SQNR_DB = 150.0
 
 
-def _activation_errors(float_path: Path, qdq_path: Path, reader: Reader, tmp: Path) -> dict[str, dict[str, float]]:
-    """ORT's qdq_loss_debug: for every float tensor, SQNR of the QDQ model against the float model."""
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+def _activations(float_path: Path, quant_path: Path, reader: Reader, tmp: Path) -> tuple[dict, dict]:
+    """Every intermediate tensor of both models on the reader's samples (ORT's qdq_loss_debug collection):
+    ({name: [arrays]} of the float model, the same of the quantized one)."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
-    aug_f, aug_q = tmp / "float.aug.onnx", tmp / "qdq.aug.onnx"
+    aug_f, aug_q = tmp / "float.aug.onnx", tmp / "quant.aug.onnx"
     try:
         modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
-        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
-        acts_f = collect_activations(str(aug_f), reader)
-        acts_q = collect_activations(str(aug_q), reader)
+        modify_model_output_intermediate_tensors(str(quant_path), str(aug_q))
+        return collect_activations(str(aug_f), reader), collect_activations(str(aug_q), reader)
     finally:
         for path in (aug_f, aug_q):
             path.unlink(missing_ok=True)
+
+
+def _activation_errors(float_path: Path, qdq_path: Path, reader: Reader, tmp: Path) -> dict[str, dict[str, float]]:
+    """ORT's qdq_loss_debug: for every float tensor, SQNR of the QDQ model against the float model."""
+    from onnxruntime.quantization.qdq_loss_debug import compute_activation_error, create_activation_matching
+
+    acts_f, acts_q = _activations(float_path, qdq_path, reader, tmp)
     return compute_activation_error(create_activation_matching(acts_q, acts_f))
 
 
@@ -44,17 +46,7 @@ def activation_sqnr(float_path: Path, qdq_path: Path, reader: Reader, tmp: Path)
 def shared_tensor_sqnr(float_path: Path, quant_path: Path, reader: Reader, tmp: Path) -> dict[str, float]:
     """{tensor: SQNR dB vs float} for every tensor the two models share by name (dynamic quantization keeps the
     names of the outputs it replaces), on the reader's samples; an exact tensor scores MAX_SQNR_DB."""
-    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
-
-    aug_f, aug_q = tmp / "float.aug.onnx", tmp / "quant.aug.onnx"
-    try:
-        modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
-        modify_model_output_intermediate_tensors(str(quant_path), str(aug_q))
-        acts_f = collect_activations(str(aug_f), reader)
-        acts_q = collect_activations(str(aug_q), reader)
-    finally:
-        for path in (aug_f, aug_q):
-            path.unlink(missing_ok=True)
+    acts_f, acts_q = _activations(float_path, quant_path, reader, tmp)
     out = {}
     for name, fs in acts_f.items():
         qs = acts_q.get(name)
