@@ -35,9 +35,21 @@ _MAC_OPS = {
 _SMALL_INITIALIZER_BYTES = 4096  # kept for shape inference (Reshape targets etc.); larger ones become inputs
 
 
+PROBABILITY_MAPS = ("sequence(map(int64,float32))", "sequence(map(string,float32))")
+
+
 class TensorSpec(BaseModel):
     name: str
-    elem_type: str = Field(description="numpy-style element type, e.g. float32; 'sequence'/'map' for non-tensors")
+    elem_type: str = Field(
+        description="numpy-style element type, e.g. float32; 'sequence'/'map' for non-tensors, "
+        "'sequence(map(int64,float32))' for a ZipMap's per-sample class probabilities"
+    )
+
+    @property
+    def probability_map(self) -> bool:
+        """A ZipMap output ({class: probability} per sample): read as a [samples, classes] array (runtime.py)."""
+        return self.elem_type in PROBABILITY_MAPS
+
     shape: list[int | str | None] | None = Field(
         description="Dimensions: int if fixed, str if symbolic (e.g. 'batch'), null if unknown; null if rank unknown"
     )
@@ -69,6 +81,28 @@ class ModelInfo(BaseModel):
     macs_batch_note: str
 
 
+def ml_operators(info: ModelInfo) -> list[str]:
+    """The model's ops of the ai.onnx.ml domain (scikit-learn converters: LinearClassifier, TreeEnsemble*, Scaler,
+    ZipMap...): their weights are node attributes, not initializers, so only the kinds that run the model through
+    ONNX Runtime (evaluate, diagnose, benchmark, compare, quantize) can work on them."""
+    return sorted(op.split(":")[-1] for op in info.op_histogram if op.startswith("ai.onnx.ml:"))
+
+
+def refuse_unsupported_ops(info: ModelInfo, supported: set[str], what: str) -> None:
+    """A 422 at submit naming the ops `what` (e.g. 'the training interpreter') cannot handle."""
+    missing = sorted(set(info.op_histogram) - supported)  # ops of other domains are keyed "domain:op"
+    if not missing:
+        return
+    ml = ml_operators(info)
+    hint = (
+        f"; {ml} are scikit-learn-style ai.onnx.ml operators whose weights are node attributes: evaluate, diagnose, "
+        "benchmark, compare and quantize run such models"
+        if ml
+        else ""
+    )
+    raise EngineError(ErrorCode.UNSUPPORTED_OP, f"{what} does not support the model's ops {missing[:20]}{hint}")
+
+
 def _elem_type_name(elem_type: int) -> str:
     if elem_type == TensorProto.FLOAT:
         return "float32"
@@ -80,6 +114,11 @@ def _elem_type_name(elem_type: int) -> str:
 def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     t = vi.type
     kind = t.WhichOneof("value")
+    if kind == "sequence_type" and t.sequence_type.elem_type.WhichOneof("value") == "map_type":
+        m = t.sequence_type.elem_type.map_type  # ZipMap (scikit-learn converters): one {class: probability} per sample
+        key = TensorProto.DataType.Name(m.key_type).lower()
+        value = m.value_type.tensor_type.elem_type if m.value_type.WhichOneof("value") == "tensor_type" else 0
+        return TensorSpec(name=vi.name, elem_type=f"sequence(map({key},{_elem_type_name(value)}))", shape=None)
     if kind != "tensor_type":
         return TensorSpec(name=vi.name, elem_type=(kind or "unknown").replace("_type", ""), shape=None)
     tt = t.tensor_type

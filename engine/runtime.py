@@ -40,6 +40,19 @@ def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str,
         yield {k: v[start : start + batch_size] for k, v in feeds.items()}
 
 
+def as_array(value: Any) -> np.ndarray:
+    """An output as an array: a ZipMap's list of {class: probability} dicts becomes [samples, classes], the classes
+    in sorted order (scikit-learn's classes_ order, which skl2onnx keeps); tensors pass through."""
+    if isinstance(value, list):
+        if not value:
+            return np.zeros((0, 0), np.float32)
+        if not isinstance(value[0], dict):
+            raise EngineError(ErrorCode.UNSUPPORTED, "the model returns a sequence that is not of class probabilities")
+        keys = sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], np.float32).reshape(len(value), len(keys))
+    return np.asarray(value)
+
+
 def run_batched(
     session: Any,
     feeds: dict[str, np.ndarray],
@@ -51,7 +64,7 @@ def run_batched(
     outs = []
     for i, batch in enumerate(batches(feeds, batch_size)):
         try:
-            outs.append(session.run([output], batch)[0])
+            outs.append(as_array(session.run([output], batch)[0]))
         except Exception as exc:
             raise EngineError(ErrorCode.RUNTIME_ERROR, f"the model failed on a batch: {str(exc)[:500]}") from None
         if progress is not None:

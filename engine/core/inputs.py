@@ -68,7 +68,8 @@ def resolve_roles(
 
 
 def pick_output(info: ModelInfo, requested: str | None) -> str:
-    """The prediction output: the one named, else the model's first float output."""
+    """The prediction output: the one named, else the model's first float output, else its first ZipMap output
+    (scikit-learn classifiers converted with skl2onnx: their class probabilities, read as an array)."""
     if requested is not None:
         if requested not in [o.name for o in info.outputs]:
             raise EngineError(
@@ -78,6 +79,9 @@ def pick_output(info: ModelInfo, requested: str | None) -> str:
         return requested
     for o in info.outputs:
         if o.elem_type in ("float32", "float64", "float16"):
+            return o.name
+    for o in info.outputs:
+        if o.probability_map:
             return o.name
     raise EngineError(
         ErrorCode.UNKNOWN_OUTPUT, "the model has no float output; name the prediction output in params.output"

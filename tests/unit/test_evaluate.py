@@ -32,3 +32,30 @@ def test_regression_and_ci() -> None:
     assert regression_metrics(np.ones((3, 1)), np.ones((3, 1)))["r2"] is None
     lo, hi = wilson_ci95(90, 100)
     assert lo == pytest.approx(0.8256, abs=1e-3) and hi == pytest.approx(0.9448, abs=1e-3)
+
+
+def test_a_zipmap_with_string_classes_is_read_in_sorted_class_order(tmp_path) -> None:
+    """skl2onnx's ZipMap gives {class name: probability} per sample; evaluate reads it as the probabilities of the
+    sorted class names, which is how string labels are indexed, so accuracy matches scikit-learn's."""
+    import onnx
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.registry import run_in_child
+    from engine.runtime import as_array
+    from tests import data_files
+    from tests.job_inputs import job_inputs
+
+    x, y = load_iris(return_X_y=True)
+    names = np.array(["virginica", "setosa", "versicolor"])[y]  # not in sorted order
+    x = x.astype(np.float32)
+    model = LogisticRegression(max_iter=1000).fit(x[::2], names[::2])
+    path = tmp_path / "iris.onnx"
+    onnx.save(to_onnx(model, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}), str(path))
+    data = data_files.npz(tmp_path / "eval.npz", x=x[1::2], y=names[1::2])
+    report = run_in_child("evaluate", job_inputs(tmp_path, path, eval=data), {})["report"]
+    assert report["metrics"]["accuracy"] == pytest.approx(model.score(x[1::2], names[1::2]))
+    assert as_array([{"b": 0.25, "a": 0.75}]).tolist() == [[0.75, 0.25]]
+    with pytest.raises(Exception, match="not of class probabilities"):
+        as_array([np.zeros(2)])

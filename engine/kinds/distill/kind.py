@@ -24,7 +24,8 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, BatchSize, Kind, Outcome, ReportBase, RunContext, StrictParams
 from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo, check_and_inspect
+from engine.inspect import ModelInfo, check_and_inspect, refuse_unsupported_ops
+from engine.kinds.distill.torch_graph import OnnxModule
 from engine.measure.comparison import Comparison, check_same_signature, compare
 from engine.measure.curves import analyse_history
 from engine.measure.data import EvalData, feeds_for
@@ -138,6 +139,7 @@ class Distill(Kind[DistillParams, DistillReport]):
                 f"alpha {params.alpha} weighs a label loss but the train dataset has no labels; "
                 "set alpha 0 to learn from the teacher alone",
             )
+        refuse_unsupported_ops(info, OnnxModule.SUPPORTED, "the training interpreter")
         binding.plan(info.inputs, train)
         for role in ("validation", "eval"):
             if role in summaries:
@@ -151,6 +153,7 @@ class Distill(Kind[DistillParams, DistillReport]):
     def validate_models(self, info: ModelInfo, others: dict[str, ModelInfo], params: DistillParams) -> None:
         """The student must take the teacher's inputs and give its outputs (names, types, fixed dimensions)."""
         check_same_signature(info, others["student"], names=("teacher", "student"))
+        refuse_unsupported_ops(others["student"], OnnxModule.SUPPORTED, "the training interpreter (the student)")
 
     def estimate_seconds(
         self, info: ModelInfo, summaries: dict[str, DatasetSummary], params: DistillParams
@@ -176,7 +179,7 @@ class Distill(Kind[DistillParams, DistillReport]):
                 "PyTorch is not installed on this worker: distillation needs the train extra (pip install "
                 "torch==2.13.0, then pip install 'onnxsmith[train]')",
             ) from None
-        from engine.kinds.distill.torch_graph import OnnxModule, max_disagreement
+        from engine.kinds.distill.torch_graph import max_disagreement
         from engine.kinds.distill.training import Distiller
 
         inputs, info, warnings = ctx.inputs, ctx.info, ctx.warnings

@@ -22,7 +22,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
 from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo, check_and_inspect
+from engine.inspect import ModelInfo, check_and_inspect, ml_operators
 from engine.kinds.quantize.auto import AutoSearch, QuantizeTrial, Search
 from engine.kinds.quantize.calibration import Reader
 from engine.kinds.quantize.modes import QUANTIZED_OPS, is_quantized, left_in_float, quantize_model
@@ -95,7 +95,17 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
                 ErrorCode.ALREADY_QUANTIZED, f"the model is already quantized (it has {', '.join(found)})"
             )
         if info.initializer_bytes == 0 or info.parameter_count == 0:
-            raise EngineError(ErrorCode.NOTHING_TO_QUANTIZE, "the model has no weights to quantize")
+            ml = ml_operators(info)
+            raise EngineError(
+                ErrorCode.NOTHING_TO_QUANTIZE,
+                "the model has no weights to quantize"
+                + (
+                    f": its ops {ml[:10]} are scikit-learn-style ai.onnx.ml operators whose weights are node "
+                    "attributes, which ONNX Runtime's quantizer does not touch"
+                    if ml
+                    else ""
+                ),
+            )
         if params.mode == "weight_only" and not {"MatMul", "Gemm"} & {op.split(":")[-1] for op in info.op_histogram}:
             raise EngineError(
                 ErrorCode.NOTHING_TO_QUANTIZE,
