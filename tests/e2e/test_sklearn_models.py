@@ -52,11 +52,12 @@ def test_zipmap_classifiers_evaluate_and_diagnose_as_scikit_learn_scores_them(ap
     val = upload_dataset(api, data_files.npz(tmp_path / "va.npz", x=x_va, y=y_va))
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_tr, y_tr)
     forest = RandomForestClassifier(30, max_depth=5, random_state=0).fit(x_tr, y_tr)
+    ids = {}
     for name, model in (("pipeline", pipeline), ("forest", forest)):
         path = _save(model, x_tr, tmp_path / f"{name}.onnx")
         outputs = {o.name: o.type.WhichOneof("value") for o in onnx.load(str(path)).graph.output}
         assert outputs["output_probability"] == "sequence_type"  # a ZipMap: a list of {class: probability}
-        model_id = upload_model(api, path)
+        model_id = ids[name] = upload_model(api, path)
         report = _done(api, submit(api, kind="evaluate", model_id=model_id, datasets={"eval": val}))
         assert report["output"] == "output_probability"
         assert report["metrics"]["accuracy"] == pytest.approx(model.score(x_va, y_va), abs=1e-9), name
@@ -69,6 +70,12 @@ def test_zipmap_classifiers_evaluate_and_diagnose_as_scikit_learn_scores_them(ap
         assert diag["verdict"] in ("good_fit", "overfit", "inconclusive")
         bench = _done(api, submit(api, kind="benchmark", model_id=model_id, params={"batch_sizes": [1], "runs": 5}))
         assert bench["results"]
+    body = {"kind": "compare", "model_id": ids["pipeline"], "datasets": {"eval": val}}
+    cmp = _done(api, submit(api, **body, params={"other_model_id": ids["forest"], "runs": 5}))["comparison"]
+    accuracy = cmp["metrics"]["accuracy"]
+    assert accuracy["original"] == pytest.approx(pipeline.score(x_va, y_va), abs=1e-9), accuracy
+    assert accuracy["candidate"] == pytest.approx(forest.score(x_va, y_va), abs=1e-9), accuracy
+    assert {f["output"] for f in cmp["fidelity"]} >= {"output_probability"}, cmp["fidelity"]
 
 
 def test_a_regressor_through_the_api_and_the_refusals_at_submit(api, worker, cancer, tmp_path) -> None:
