@@ -64,6 +64,10 @@ class HistoryAnalysis(BaseModel):
     patience: int
     min_delta: float
     overfit_onset_epoch: int | None = Field(description="Validation stops improving while training keeps improving")
+    val_loss_rise: float | None = Field(
+        default=None,
+        description="How far the validation loss ends above its minimum, relative to it ((last - min) / |min|)",
+    )
     still_improving: bool | None = Field(description="Both losses still falling over the last epochs")
     plateaued: bool | None = Field(description="Both losses flat over the last epochs")
     train_slope: float | None = Field(description="Last-window slope of the train loss (range per epoch)")
@@ -102,7 +106,11 @@ def analyse_history(
     tl, vl = names["train_loss"], names["val_loss"]
     train_slope = trend(curves[tl], window) if tl else None
     val_slope = trend(curves[vl], window) if vl else None
-    onset = None
+    onset, rise = None, None
+    if vl:
+        finite = [v for v in curves[vl] if v is not None and math.isfinite(v)]
+        if finite and min(finite) != 0:
+            rise = (finite[-1] - min(finite)) / abs(min(finite))
     if tl and vl:
         val = curves[vl]
         best_val = replay(val, True, min_delta, epochs + 1)["best_epoch"]
@@ -115,7 +123,7 @@ def analyse_history(
                 t_end is not None
                 and v_end is not None
                 and t_end < t_best
-                and v_end > v_best + max(min_delta, 0.02 * span)
+                and v_end > v_best + max(min_delta, min(0.02 * span, 0.05 * abs(v_best)))
             ):
                 onset = best_val
     falling = 0.01  # a loss falls when it drops by more than 1% of its range per epoch over the window
@@ -134,6 +142,7 @@ def analyse_history(
         patience=patience,
         min_delta=min_delta,
         overfit_onset_epoch=onset,
+        val_loss_rise=rise,
         still_improving=still,
         plateaued=flat,
         train_slope=train_slope,

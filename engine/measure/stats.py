@@ -36,11 +36,13 @@ def bootstrap_gap(
     resamples: int,
     seed: int,
     lower_is_better: bool = False,
+    scale: float | None = None,
 ) -> dict[str, Any]:
     """Percentile intervals of train, validation, absolute gap and relative gap; the two splits are resampled
     independently (they are independent samples). Seeded: the same inputs give the same interval. The gap is how
-    much worse validation is: train - validation, relative to train, for a score; for a loss (`lower_is_better`)
-    validation - train, relative to validation (bounded by 1, and meaningful however large the loss grows)."""
+    much worse validation is: train - validation for a score, validation - train for a loss (`lower_is_better`);
+    relative to `scale` when given (a fixed yardstick, e.g. the naive baseline's loss), else to train's score
+    (a score) or validation's loss (a loss: bounded by 1, and meaningful however large the loss grows)."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(resamples):
@@ -48,10 +50,9 @@ def bootstrap_gap(
         b = val(rng.integers(0, n_val, n_val))
         if a is None or b is None:
             continue
-        if lower_is_better:
-            rows.append((a, b, b - a, (b - a) / abs(b) if b else np.nan))
-        else:
-            rows.append((a, b, a - b, (a - b) / abs(a) if a else np.nan))
+        worse, base = (b - a, b) if lower_is_better else (a - b, a)
+        base = scale if scale is not None else base
+        rows.append((a, b, worse, worse / abs(base) if base else np.nan))
     if len(rows) < resamples // 2:
         return {"resamples": len(rows)}
     arr = np.asarray(rows, dtype=np.float64)

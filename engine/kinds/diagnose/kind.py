@@ -142,6 +142,8 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
                 "underfit_gain": params.underfit_gain,
                 "underfit_train_gain": params.underfit_train_gain,
                 "train_target": params.train_target,
+                "good_fit_gain": params.good_fit_gain,
+                "history_overfit_rise": params.history_overfit_rise,
                 "min_samples": params.min_samples,
                 "confidence": 0.95,
                 "bootstrap_resamples": params.bootstrap_resamples,
@@ -233,7 +235,9 @@ def _gap(
 ) -> Gap | None:
     """How much worse validation is than train, with bootstrap intervals (and the primary's interval per split).
     Regression measures the gap on RMSE, not R^2: R^2 is unbounded below (-6e4 for a polynomial extrapolating), so
-    a relative gap on it means nothing; R^2 stays in the report as a description."""
+    a relative gap on it means nothing; R^2 stays in the report as a description. The RMSE gap is relative to the
+    naive baseline's RMSE on validation: a flexible model that fits a little noise (train RMSE 10% under
+    validation's, validation at the noise level) is not called overfit, a tree that memorises train is."""
     n_train, n_val = splits["train"].samples, splits["validation"].samples
     fa, fb = predictions["train"].metric_fn(primary), predictions["validation"].metric_fn(primary)
     for role, f in (("train", fa), ("validation", fb)):
@@ -241,7 +245,12 @@ def _gap(
     loss = predictions["train"].task == "regression"
     metric = "rmse" if loss else primary
     fa, fb = predictions["train"].metric_fn(metric), predictions["validation"].metric_fn(metric)
-    boot = bootstrap_gap(fa, fb, n_train, n_val, params.bootstrap_resamples, params.seed, lower_is_better=loss)
+    # regression: the RMSE gap in units of the naive baseline's RMSE on validation (the labels' spread), the share of
+    # the room between the baseline and perfect that is lost from train to validation (the gain's own yardstick)
+    scale = splits["validation"].baseline_metrics.get("rmse") if loss else None
+    boot = bootstrap_gap(
+        fa, fb, n_train, n_val, params.bootstrap_resamples, params.seed, lower_is_better=loss, scale=scale or None
+    )
     if "test" in predictions:
         splits["test"].primary_ci95 = bootstrap_ci(
             predictions["test"].metric_fn(primary), splits["test"].samples, params.bootstrap_resamples, params.seed
@@ -249,7 +258,7 @@ def _gap(
     a, b = splits["train"].metrics.get(metric), splits["validation"].metrics.get(metric)
     if a is None or b is None:
         return None
-    worse, base = (b - a, b) if loss else (a - b, a)
+    worse, base = (b - a, scale or b) if loss else (a - b, a)
     gap = Gap(
         metric=metric,
         lower_is_better=loss,

@@ -25,7 +25,7 @@ class DiagnoseParams(StrictParams):
         gt=0,
         lt=1,
         description="Overfit when the relative gap reaches this and its interval excludes 0: (train - val) / |train| "
-        "on accuracy-like metrics; for regression (val RMSE - train RMSE) / val RMSE",
+        "on accuracy-like metrics; for regression (val RMSE - train RMSE) / the naive baseline's RMSE on validation",
     )
     underfit_gain: float = Field(
         default=0.10,
@@ -47,11 +47,19 @@ class DiagnoseParams(StrictParams):
         "(and nothing says underfit: no gain, a train target missed, losses still falling or flat at a low level); "
         "below it, without an underfitting signal, the verdict is inconclusive",
     )
+    history_overfit_rise: float = Field(
+        default=0.10,
+        gt=0,
+        description="The history shows overfitting when the validation loss rises past its minimum while the train "
+        "loss falls and ends at least this much above the minimum (relative); it decides `overfit` when the gap is "
+        "significant (its interval excludes 0) even below overfit_relative_gap, else `inconclusive` (the uploaded "
+        "weights may be the best epoch's)",
+    )
     min_samples: int = Field(
         default=30,
         ge=2,
-        description="A split with fewer samples makes the verdict inconclusive unless the gap's 95% interval is "
-        "narrower than overfit_relative_gap (then the intervals decide)",
+        description="A split with fewer samples makes the verdict inconclusive unless the gap's 95% interval lies "
+        "wholly above or wholly below overfit_relative_gap (then the intervals decide)",
     )
     bootstrap_resamples: int = Field(default=1000, ge=100, le=20000)
     seed: int = Field(default=0, description="Seed of the bootstrap (same seed and data: same interval)")
@@ -79,7 +87,8 @@ class Gap(BaseModel):
     lower_is_better: bool = Field(default=False, description="A loss (rmse): the gap is validation - train")
     absolute: float = Field(description="How much worse validation is: train - validation (a loss: val - train)")
     relative: float | None = Field(
-        description="(train - validation) / |train|; for a loss (validation - train) / validation, at most 1"
+        description="(train - validation) / |train|; for regression's RMSE (validation - train) / the naive "
+        "baseline's RMSE on validation (the labels' spread)"
     )
     absolute_ci95: list[float] | None
     relative_ci95: list[float] | None

@@ -2,7 +2,7 @@
 
 Never wrong on a clear case: `good_fit` needs positive evidence (the validation gain over the naive baseline reaches
 `good_fit_gain`, and nothing says underfit), not only the absence of a gap; a split smaller than `min_samples`
-makes the verdict inconclusive only when the gap's interval is too wide to decide (wider than the overfitting
+makes the verdict inconclusive only when the gap's interval is too wide to decide (it straddles the overfitting
 threshold), and the report says which split is small; signals that conflict give `inconclusive` with the reason."""
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def decide(
     if identical:
         note("same_data", "inconclusive", "train and validation are the same data")
     onset = history is not None and history.overfit_onset_epoch is not None
-    overfit, straddle = _gap_evidence(note, tr, va, gap, p, onset)
+    risen = onset and (history.val_loss_rise or 0.0) >= p.history_overfit_rise  # type: ignore[union-attr]
+    overfit, straddle = _gap_evidence(note, tr, va, gap, p, onset, risen)
     underfit = _gain_evidence(note, task, primary, tr, va, p)
     slow = _history_evidence(note, history, tr)
     _weights_evidence(note, weights)
@@ -71,28 +72,39 @@ def _sample_size_evidence(note: _Notes, splits: dict[str, SplitResult], gap: Gap
     if ci is None:
         note("too_few_samples", "inconclusive", f"{who}, fewer than {p.min_samples}, and the gap has no interval")
         return True
-    width = ci[1] - ci[0]
-    if width > p.overfit_relative_gap:
+    lo, hi, threshold = ci[0], ci[1], p.overfit_relative_gap
+    where = f"the gap's 95% interval ({pct(lo)} to {pct(hi)})"
+    degenerate = [r for r in small if (c := splits[r].primary_ci95) is None or c[0] == c[1]]
+    if degenerate:  # every resample of a small split scores the same (e.g. 15 of 15 right): the bootstrap says nothing
         note(
             "too_few_samples",
             "inconclusive",
-            f"{who}, fewer than {p.min_samples}: the gap's 95% interval ({pct(ci[0])} to {pct(ci[1])}) is wider than "
-            f"the {pct(p.overfit_relative_gap)} threshold, too wide to decide",
+            f"{who}, fewer than {p.min_samples}, and every bootstrap resample of {' and '.join(degenerate)} scores "
+            "the same: its interval is no measure of its uncertainty",
         )
         return True
+    if lo < threshold <= hi:
+        note(
+            "too_few_samples",
+            "inconclusive",
+            f"{who}, fewer than {p.min_samples}: {where} straddles the {pct(threshold)} threshold, too wide to decide",
+        )
+        return True
+    side = "above" if lo >= threshold else "below"
     note(
         "few_samples_narrow_interval",
         "none",
-        f"{who}, fewer than {p.min_samples}, but the gap's 95% interval ({pct(ci[0])} to {pct(ci[1])}) is narrower "
-        f"than the {pct(p.overfit_relative_gap)} threshold: the intervals decide",
+        f"{who}, fewer than {p.min_samples}, but {where} lies wholly {side} the {pct(threshold)} threshold: the "
+        "intervals decide",
     )
     return False
 
 
 def _gap_evidence(
-    note: _Notes, tr: SplitResult, va: SplitResult, gap: Gap | None, p: DiagnoseParams, onset: bool
+    note: _Notes, tr: SplitResult, va: SplitResult, gap: Gap | None, p: DiagnoseParams, onset: bool, risen: bool
 ) -> tuple[bool, bool]:
-    """What the train/validation gap says: (overfit, straddles the threshold)."""
+    """What the train/validation gap says, with the history: (overfit, inconclusive). `onset`: the validation loss
+    turned up while the train loss fell; `risen`: and it ended history_overfit_rise above its minimum."""
     overfit = straddle = False
     learned = tr.gain is None or tr.gain > p.underfit_train_gain  # a gap means overfitting only if train was fit
     metric = gap.metric if gap is not None else ""
@@ -107,7 +119,7 @@ def _gap_evidence(
     elif gap is not None and gap.relative is not None:
         lo, hi = (gap.relative_ci95[0], gap.relative_ci95[1]) if gap.relative_ci95 else (None, None)
         moves = "rises" if gap.lower_is_better else "falls"
-        share = " (of validation's)" if gap.lower_is_better else ""
+        share = " of the naive baseline's" if gap.lower_is_better else ""
         text = (
             f"{metric} {moves} from {num(tr.metrics.get(metric))} on train to {num(va.metrics.get(metric))} on "
             f"validation: a relative gap of {pct(gap.relative)}{share}"
@@ -131,6 +143,23 @@ def _gap_evidence(
                 "overfit",
                 text + f"; significant, its interval reaches the {pct(p.overfit_relative_gap)} threshold, "
                 "and the learning curves show overfitting",
+            )
+        elif lo is not None and lo > 0 and risen:
+            overfit = True  # overfitting the history shows, confirmed by a measurable gap in the uploaded model
+            note(
+                "significant_gap_and_history_overfit",
+                "overfit",
+                text + "; below the threshold but significant, and the validation loss has risen "
+                f"{pct(p.history_overfit_rise)} or more past its minimum while the train loss fell: the model "
+                "was trained past its best epoch",
+            )
+        elif risen:
+            straddle = True
+            note(
+                "history_overfit_no_gap",
+                "inconclusive",
+                text + "; the history shows overfitting (validation loss rising past its minimum) but the uploaded "
+                "model shows no significant gap: were the best epoch's weights restored?",
             )
         elif lo is not None and hi is not None and lo < p.overfit_relative_gap <= hi:
             straddle = True
@@ -176,11 +205,12 @@ def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitRe
     if history is None:
         return False
     if history.overfit_onset_epoch is not None:
+        rise = f" (it ends {pct(history.val_loss_rise)} above its minimum)" if history.val_loss_rise else ""
         note(
             "history_onset",
             "overfit",
             f"validation loss is lowest at epoch {history.overfit_onset_epoch} of {history.epochs} and "
-            "rises afterwards while training loss keeps falling",
+            f"rises afterwards{rise} while training loss keeps falling",
         )
     if history.still_improving:
         note(
@@ -262,11 +292,11 @@ def _summary(
     verdict: Verdict, primary: str, tr: SplitResult, va: SplitResult, gap: Gap | None, ev: list[Evidence]
 ) -> str:
     rel = pct(gap.relative if gap else None)
+    loss = gap is not None and gap.lower_is_better
+    of_baseline = " (a share of the naive baseline's RMSE)" if loss else ""
     summaries = {
         "overfit": f"Overfit: {gap.metric if gap else primary} is {rel} "
-        f"{'higher' if gap is not None and gap.lower_is_better else 'lower'} on validation than on train"
-        f"{' (relative to validation)' if gap is not None and gap.lower_is_better else ''}, beyond what chance "
-        "explains.",
+        f"{'higher' if loss else 'lower'} on validation than on train{of_baseline}, beyond what chance explains.",
         "underfit": f"Underfit: the model gains only {pct(va.gain)} over a naive baseline on validation "
         f"({pct(tr.gain)} on train).",
         "good_fit": f"Good fit: {primary} {num(va.metrics.get(primary))} on validation, a gap of {rel} on "
