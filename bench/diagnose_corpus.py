@@ -2,7 +2,8 @@
 code a worker runs).
 
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'   # torch (CPU), scikit-learn, skl2onnx
-    .venv-bench/bin/python bench/diagnose_corpus.py [--only WORD]
+    .venv-bench/bin/python bench/diagnose_corpus.py [--only WORD] [--learning-curve]
+    .venv-bench/bin/python bench/diagnose_corpus.py --curve-timing     # the learning curve on the 331k digits MLP
 
 Every case is made so its fit is known from how it was made; "borderline" cases are made to be undecidable from
 their data (the same data twice, a tiny validation set, a gap at the threshold with a wide interval) and must
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,9 +259,13 @@ def imbalance_cases(work: Path) -> list[dict]:
     return cases
 
 
-def diagnose(case: dict, work: Path) -> dict:
+def diagnose(case: dict, work: Path, curve: bool = False) -> dict:
+    """The job's report; `curve`: with the data-size learning curve where the model's graph can be re-trained."""
     datasets = {role: case[role] for role in ("train", "validation", "history") if role in case}
-    return common.job("diagnose", case["model"], datasets, case.get("params", {}), work)["report"]
+    params = dict(case.get("params", {}))
+    if curve and case["family"] in ("polynomial", "digits MLP"):
+        params["learning_curve"] = True
+    return common.job("diagnose", case["model"], datasets, params, work)["report"]
 
 
 def outcome(truth: str, verdict: str) -> str:
@@ -269,14 +275,40 @@ def outcome(truth: str, verdict: str) -> str:
     return "right" if verdict == truth else "inconclusive" if verdict == "inconclusive" else "WRONG"
 
 
+def curve_timing(work: Path) -> None:
+    """The learning curve on the benchmarks' digits MLP (64-1024-256-10, 331k parameters, bench/models.py), timed
+    as the job runs it: the whole job, the search and each share."""
+    split = models.digits_split()
+    model = models.digits_mlp(work / "digits_mlp.onnx", split)
+    train = data_files.npz(work / "mlp-train.npz", x=split["x_train"], y=split["y_train"])
+    val = data_files.npz(work / "mlp-val.npz", x=split["x_test"], y=split["y_test"])
+    started = time.perf_counter()
+    r = common.job("diagnose", model, {"train": train, "validation": val}, {"learning_curve": True}, work)["report"]
+    seconds = time.perf_counter() - started
+    lc = r["learning_curve"]
+    print(json.dumps({"verdict": r["verdict"], "job_seconds": round(seconds, 1), "recipe": lc["recipe"],
+                      "search": lc["search"], "reading": lc["reading"], "text": lc["text"]}, indent=1))  # fmt: skip
+    print("\n| share | samples | epochs | train | validation [95% CI] | seconds |\n|---|---|---|---|---|---|")
+    for pt in lc["points"]:
+        ci = [round(v, 3) for v in pt["validation_ci95"]]
+        print(f"| {pt['fraction']:.0%} | {pt['samples']} | {pt['epochs']} | {pt['train']:.4f} | "
+              f"{pt['validation']:.4f} {ci} | {pt['seconds']} |")  # fmt: skip
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="onnxsmith-diag-"))
+    if "--curve-timing" in sys.argv:
+        curve_timing(work)
+        return
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     cases = polynomial_cases(work) + digits_cases(work) + sklearn_cases(work) + imbalance_cases(work)
     cases = [c for c in cases if only.lower() in (c["family"] + " " + c["name"]).lower()]
+    curve = "--learning-curve" in sys.argv
     rows = []
     for case in cases:
-        r = diagnose(case, work)
+        started = time.perf_counter()
+        r = diagnose(case, work, curve)
+        seconds = time.perf_counter() - started
         tr, va = r["splits"]["train"], r["splits"]["validation"]
         m = r["primary_metric"]
         gap = r["gap"] or {}
@@ -297,6 +329,14 @@ def main() -> None:
             "history": r["history"]
             and {k: r["history"][k] for k in ("best_epoch", "overfit_onset_epoch", "still_improving", "plateaued")},
             "remedies": [x["action"] for x in r["remedies"]],
+            "seconds": round(seconds, 1),
+            "curve": r.get("learning_curve")
+            and {
+                "reading": r["learning_curve"]["reading"],
+                "validation": [round(p["validation"], 3) for p in r["learning_curve"]["points"]],
+                "samples": [p["samples"] for p in r["learning_curve"]["points"]],
+                "recipe": {k: r["learning_curve"]["recipe"][k] for k in ("learning_rate", "epochs_at_full_size")},
+            },
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -309,13 +349,18 @@ def main() -> None:
     wrong = [r["case"] for r in rows if r["outcome"] == "WRONG"]
     right, unsure = (sum(r["outcome"] == o for r in rows) for o in ("right", "inconclusive"))
     print(f"\n{len(rows)} cases, {right} right, {unsure} inconclusive on a clear case, {len(wrong)} wrong {wrong}")
-    print("\n| family | case | truth | verdict | metric train / val | gap [95% CI] | val gain | decided by |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| family | case | truth | verdict | metric train / val | gap [95% CI] | val gain | decided by |"
+          + (" learning curve (validation by size) | seconds |" if curve else ""))  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if curve else ""))
     for r in rows:
         gap = f"{r['relative_gap']} {r['gap_ci95']} ({r['gap_metric']})" if r["gap_metric"] else "—"
         metric = f"{r['metric']} {r['train']} / {r['validation']}"
         cells = [r["family"], r["case"], r["truth"], f"**{r['verdict']}**", metric, gap, str(r["gain_val"])]
         cells.append(", ".join(r["deciding"]))
+        if curve:
+            c = r["curve"]
+            cells.append(f"{c['reading']}: {c['validation']}" if c else "—")
+            cells.append(str(r["seconds"]))
         print("| " + " | ".join(cells) + " |")
 
 

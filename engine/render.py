@@ -71,6 +71,30 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _y_range(
+    points: list[tuple[float, float]], intervals: dict[str, list[tuple[float, float, float]]] | None, from_zero: bool
+) -> tuple[float, float]:
+    """The y axis: from 0 (or below, for negative values) to 10% above the top; or the data's span, padded."""
+    whiskers = [w for ws in (intervals or {}).values() for w in ws]
+    highs = [y for _, y in points] + [hi for _, _, hi in whiskers]
+    lows = [y for _, y in points] + [lo for _, lo, _ in whiskers]
+    y_max = max(highs) * 1.1 if max(highs) > 0 else 0.0
+    y_min = min(0.0, min(lows) * 1.1)
+    if not from_zero:
+        pad = 0.1 * ((max(highs) - min(lows)) or abs(max(highs)) or 1.0)
+        y_min, y_max = min(lows) - pad, max(highs) + pad
+    return (y_min, y_max) if y_max != y_min else (y_min, y_min + 1.0)
+
+
+def _whisker(name: str, color: str, x: float, at: float, low_y: float, high_y: float, lo: float, hi: float) -> str:
+    """A vertical 95% interval with caps, at pixel column `at` from pixel row low_y to high_y."""
+    return (
+        f'<path d="M{at - 4:.1f},{low_y:.1f}h8M{at:.1f},{low_y:.1f}V{high_y:.1f}M{at - 4:.1f},{high_y:.1f}h8" '
+        f'stroke="{color}" stroke-width="1.5" fill="none"><title>{_esc(name)} at {_fmt(x)}: 95% interval '
+        f"{_fmt(lo)} to {_fmt(hi)}</title></path>"
+    )
+
+
 def line_chart(
     series: dict[str, list[tuple[float, float]]],
     *,
@@ -80,10 +104,14 @@ def line_chart(
     width: int = 560,
     height: int = 300,
     marks: list[tuple[float, str]] | None = None,
+    intervals: dict[str, list[tuple[float, float, float]]] | None = None,
+    from_zero: bool = True,
 ) -> Markup:
     """Lines with markers: {name: [(x, y), ...]}. x on a log2 scale when log_x (batch sizes).
 
-    `marks`: dashed vertical lines at x with a label (e.g. the best epoch)."""
+    `marks`: dashed vertical lines at x with a label (e.g. the best epoch). `intervals`: {name: [(x, low, high)]},
+    whiskers in the series' colour (95% intervals). The y axis starts at 0 (below it for negative values); with
+    `from_zero` False it spans the data (metrics near 1, such as accuracies, stay readable)."""
     points = [p for pts in series.values() for p in pts]
     if not points:
         return Markup("")
@@ -91,7 +119,7 @@ def line_chart(
     fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)
     xs = [fx(x) for x, _ in points]
     x_min, x_max = min(xs), max(xs)
-    y_max = max(y for _, y in points) * 1.1 or 1.0
+    y_min, y_max = _y_range(points, intervals, from_zero)
     if x_max == x_min:
         x_min, x_max = x_min - 1, x_max + 1
 
@@ -99,13 +127,13 @@ def line_chart(
         return left + (fx(x) - x_min) / (x_max - x_min) * (width - left - right)
 
     def py(y: float) -> float:
-        return top + (1 - y / y_max) * (height - top - bottom)
+        return top + (1 - (y - y_min) / (y_max - y_min)) * (height - top - bottom)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" role="img" aria-label="{_esc(y_label)} by {_esc(x_label)}" class="chart">'
     ]
-    y_ticks = [y_max * i / 4 for i in range(5)]
+    y_ticks = [y_min + (y_max - y_min) * i / 4 for i in range(5)]
     for y, label in zip(y_ticks, axis_ticks(y_ticks), strict=True):  # horizontal grid and y ticks
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>')
         parts.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
@@ -145,6 +173,9 @@ def line_chart(
     legend_y = top + 4 + 14 * len(marks or [])
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
+        parts += [
+            _whisker(name, color, x, px(x), py(lo), py(hi), lo, hi) for x, lo, hi in (intervals or {}).get(name, [])
+        ]
         pts = sorted(pts)
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')

@@ -23,14 +23,15 @@ def split(seed: int = 0) -> dict[str, np.ndarray]:
             "x_test": x[1450:], "y_test": y[1450:]}  # fmt: skip
 
 
-def mlp(path: Path, d: dict[str, np.ndarray], hidden: int = 256) -> Path:
-    """64 -> hidden -> 10 (ReLU), trained by scikit-learn's MLPClassifier, as Gemm/Relu/Gemm (logits out)."""
+def mlp(path: Path, d: dict[str, np.ndarray], hidden: int = 256, **training: float) -> Path:
+    """64 -> hidden -> 10 (ReLU), trained by scikit-learn's MLPClassifier, as Gemm/Relu/Gemm (logits out).
+    `training`: MLPClassifier settings that replace the defaults (max_iter 60), e.g. a tiny learning rate."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=60, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(hidden,), **{"max_iter": 60, "random_state": 0, **training})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(d["x_train"], d["y_train"])

@@ -400,3 +400,19 @@ def test_the_heartbeat_beats_from_its_own_thread_while_the_attempt_is_busy_and_s
         assert heartbeat.lost.is_set() and heartbeat(None) is False, "a cancel did not stop the attempt"
     assert heartbeat.longest_gap < 0.9
     engine.dispose()
+
+
+def test_a_learning_curve_that_cannot_fit_the_job_time_limit_is_refused_at_submit(client, auth, settings, tmp_path):
+    """The learning curve trains (search + one full-size run per share): estimated at submit like distill, a 422
+    naming the limit when it cannot fit; the same request without it is accepted."""
+    wide = _model(client, auth, onnx_models.mlp(tmp_path / "wide.onnx", n_in=256, hidden=4096, n_out=4))
+    x = np.zeros((5000, 256), np.float32)  # 4 shares x 1,000 epochs x 5,000 samples x 3 x 1M MACs: ~6,500 s
+    data = _dataset(client, auth, data_files.npz(tmp_path / "w.npz", x=x, y=np.arange(5000) % 4))
+    body = {"kind": "diagnose", "model_id": wide, "datasets": {"train": data, "validation": data}}
+    params = {"learning_curve": True, "learning_curve_epochs": 1000}
+    r = client.post("/v1/jobs", headers=auth, json={**body, "params": params})
+    limit = f"job time limit of {settings.job_time_limit_s:g} s"
+    assert r.status_code == 422 and r.json()["type"].endswith("/too-long") and limit in r.json()["detail"], r.text
+    r = client.post("/v1/jobs", headers=auth, json={**body, "params": {**params, "learning_curve_sizes": [0, 1]}})
+    assert r.status_code == 422 and "learning_curve_sizes" in r.text
+    assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202

@@ -133,6 +133,7 @@ def test_one_report_page_of_each_kind(browser, server, tmp_path) -> None:
         }
         if importlib.util.find_spec("torch") is not None:  # the train extra (CI has it)
             jobs["distill"] = ({"train": ds["train"], "validation": ds["val"], "eval": ds["test"]}, {"epochs": 2})
+            jobs["diagnose"] = (jobs["diagnose"][0], {"learning_curve": True, "learning_curve_search_epochs": 10})
         submitted = {kind: c.submit(kind, model, datasets=d, params=p) for kind, (d, p) in jobs.items()}
         quantized = submitted["quantize"].wait(timeout=300)
         compare = c.submit(
@@ -160,4 +161,7 @@ def test_one_report_page_of_each_kind(browser, server, tmp_path) -> None:
         problems += [f"raw value {m!r} in the text" for m in raw]
         w.check(f"report-{kind}")
         assert not problems, f"{kind}: {problems}"
+        if kind == "diagnose" and importlib.util.find_spec("torch") is not None:
+            assert "Data-size learning curve" in words and "not the uploaded weights" in words
+            assert w.page.locator('svg[aria-label^="accuracy by training samples"] circle').count() == 8
         w.page.close()

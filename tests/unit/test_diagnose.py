@@ -440,3 +440,57 @@ def test_overfitting_seen_in_the_history_decides_with_a_significant_gap_only(tmp
     same = _diagnose(tmp_path, model, train=train, validation=split("clean", 2000, 0.0, 3), history=history)
     assert same["verdict"] == "inconclusive", same["evidence"]
     assert "history_overfit_no_gap" in [e["code"] for e in same["evidence"]]
+
+
+def test_the_learning_curve_retrains_the_architecture_and_finds_under_trained_weights(tmp_path) -> None:
+    """A digits MLP stopped after 3 iterations at a tiny learning rate, no history: from the gains alone the
+    verdict could only be inconclusive. The learning curve re-initialises its graph and re-trains it on 10-100% of
+    train: the same architecture reaches > 90% on validation, so the uploaded weights are under-trained -> underfit,
+    with the recipe as the remedy. The report and the page say the curve measures the architecture, not the
+    weights; the page shows the curve."""
+    pytest.importorskip("torch")
+    from engine.kinds.diagnose import KIND as DIAGNOSE
+    from tests import digits
+
+    d = digits.split()
+    model = digits.mlp(tmp_path / "slow.onnx", d, hidden=32, max_iter=3, learning_rate_init=1e-4)
+    train = data_files.npz(tmp_path / "tr.npz", x=d["x_train"], y=d["y_train"])
+    val = data_files.npz(tmp_path / "va.npz", x=d["x_val"], y=d["y_val"])
+    params = {"learning_curve": True, "learning_curve_search_epochs": 15}
+    report = _diagnose(tmp_path, model, params, train=train, validation=val)
+    curve = report["learning_curve"]
+    assert "not used" in curve["method"] and "re-trained" in curve["method"]
+    assert [pt["samples"] for pt in curve["points"]] == [110, 275, 550, 1100]
+    epochs = [pt["epochs"] for pt in curve["points"]]
+    assert epochs[0] >= 9 * epochs[-1] and epochs == sorted(epochs, reverse=True)  # the same steps at every size
+    last = curve["points"][-1]
+    assert last["validation"] > 0.9 and last["validation_ci95"][0] < last["validation"] < last["validation_ci95"][1]
+    assert report["splits"]["validation"]["metrics"]["accuracy"] < 0.8
+    codes = {e["code"]: e["points_to"] for e in report["evidence"]}
+    assert codes.get("curve_undertrained") == "underfit" and report["verdict"] == "underfit", report["evidence"]
+    retrain = next(r for r in report["remedies"] if r["evidence"] == ["curve_undertrained"])
+    assert retrain["setting"]["learning_rate"] in params.get("learning_curve_learning_rates", [1e-3, 3e-3, 1e-2])
+    assert not any("capacity" in r["action"] for r in report["remedies"])  # the architecture fits when trained
+    page = DIAGNOSE.render(report, {"id": "job_x", "kind": "diagnose", "status": "succeeded"})
+    assert "measures the architecture, not the uploaded weights" in page
+    assert 'aria-label="accuracy by training samples (log scale)"' in page and "95% interval" in page
+
+
+def test_the_learning_curve_needs_a_graph_the_interpreter_can_train(tmp_path) -> None:
+    """A scikit-learn pipeline (ai.onnx.ml operators) cannot be re-trained: refused at submit, naming the ops."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.inspect import check_and_inspect
+    from engine.kinds.diagnose import KIND as DIAGNOSE
+    from engine.kinds.diagnose.models import DiagnoseParams
+
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    path = tmp_path / "lr.onnx"
+    path.write_bytes(to_onnx(LogisticRegression().fit(x, x[:, 0] > 0), x[:1]).SerializeToString())
+    info = check_and_inspect(str(path))
+    with pytest.raises(EngineError, match="LinearClassifier"):
+        DIAGNOSE.validate(info, {}, DiagnoseParams(learning_curve=True))
+    assert DIAGNOSE.needs(DiagnoseParams(learning_curve=True)) == {"torch"} and not DIAGNOSE.needs(DiagnoseParams())
+    with pytest.raises(ValueError, match="shares"):
+        DiagnoseParams(learning_curve_sizes=[0.5, 1.5])

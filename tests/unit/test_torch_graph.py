@@ -13,7 +13,7 @@ from tests import onnx_models
 
 torch = pytest.importorskip("torch", reason="the training interpreter needs the train extra (torch==2.13.0)")
 
-from engine.kinds.distill.torch_graph import OnnxModule, max_disagreement, trainable_names  # noqa: E402
+from engine.training.torch_graph import OnnxModule, max_disagreement, trainable_names  # noqa: E402
 
 R = np.random.default_rng(0)
 

@@ -39,9 +39,29 @@ def charts(report: dict[str, Any]) -> dict[str, Markup]:
     for c in sorted(set(train_recall) & set(val_recall), key=lambda k: -(train_recall[k] - val_recall[k]))[:20]:
         gaps.append((f"class {c}", train_recall[c] - val_recall[c]))
     alphas = [(w["layer"], w["alpha"]) for w in report.get("weights") or [] if w.get("status") == "fitted"]
+    curve = report.get("learning_curve") or {}
+    sizes: dict[str, list[tuple[float, float]]] = {}
+    whiskers: dict[str, list[tuple[float, float, float]]] = {}
+    for role in ("train", "validation"):
+        name = f"{role} (re-trained)"
+        for pt in curve.get("points") or []:
+            if pt.get(role) is not None:
+                sizes.setdefault(name, []).append((float(pt["samples"]), pt[role]))
+            if pt.get(f"{role}_ci95"):
+                whiskers.setdefault(name, []).append((float(pt["samples"]), *pt[f"{role}_ci95"]))
     return {
         "metrics": interval_bars(rows, value_label=f"{primary} with its 95% bootstrap interval"),
         "curves": line_chart(losses, x_label="epoch", y_label="loss", marks=marks) if losses else Markup(""),
         "class_gaps": bars(gaps, value_label="train recall - validation recall"),
         "alphas": bars(alphas, value_label="power-law alpha of the weight spectrum (2-6 is typical)"),
+        "learning_curve": line_chart(
+            sizes,
+            x_label="training samples (log scale)",
+            y_label=primary,
+            log_x=True,
+            intervals=whiskers,
+            from_zero=False,
+        )
+        if sizes
+        else Markup(""),
     }

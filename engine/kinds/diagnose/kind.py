@@ -23,6 +23,7 @@ from engine.core.inputs import JobInputs, pick_output
 from engine.core.kind import Kind, Outcome, ReportBase, RunContext
 from engine.datasets import DatasetSummary, read_history
 from engine.inspect import ModelInfo
+from engine.kinds.diagnose.learning_curve import LearningCurve, estimate_seconds, learning_curve, refuse_unsupported
 from engine.kinds.diagnose.models import SPLITS, DiagnoseParams, Evidence, Gap, Remedy, SplitResult, Verdict
 from engine.kinds.diagnose.remedies import suggest
 from engine.kinds.diagnose.verdict import decide
@@ -47,6 +48,10 @@ class DiagnoseReport(ReportBase):
     history: HistoryAnalysis | None = None
     weights: list[dict[str, Any]] | None = Field(
         default=None, description="Per weight matrix: power-law alpha of its spectrum; < 2 or > 6 is flagged"
+    )
+    learning_curve: LearningCurve | None = Field(
+        default=None,
+        description="Data-size learning curve of the architecture, re-trained from scratch (not the uploaded weights)",
     )
     remedies: list[Remedy]
     thresholds: dict[str, Any]
@@ -76,6 +81,17 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
     def threads(self, params: DiagnoseParams) -> int:
         return params.threads
 
+    def needs(self, params: DiagnoseParams) -> set[str]:
+        return {"torch"} if params.learning_curve else set()
+
+    def estimate_seconds(
+        self, info: ModelInfo, summaries: dict[str, DatasetSummary], params: DiagnoseParams
+    ) -> float | None:
+        """The learning curve's training (search + every share at full-size steps), at an optimistic throughput."""
+        if not params.learning_curve or "train" not in summaries:
+            return None
+        return estimate_seconds(info, summaries["train"].sample_count, params)
+
     def validate(self, info: ModelInfo, summaries: dict[str, DatasetSummary], params: DiagnoseParams) -> None:
         for role in ("train", "validation", "test"):
             if role not in summaries:
@@ -88,6 +104,8 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
                     ErrorCode.INCOMPATIBLE_DATA, f"diagnose needs labels in the {role} dataset (label=... on upload)"
                 )
             binding.plan(info.inputs, s)
+        if params.learning_curve:
+            refuse_unsupported(info)
         if "history" in summaries and summaries["history"].kind != "history":
             raise EngineError(ErrorCode.INCOMPATIBLE_DATA, "datasets.history must be a training history (kind=history)")
         pick_output(info, params.output)
@@ -109,7 +127,7 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
             warnings.append("the train and validation datasets hold the same inputs: the gap is meaningless")
         history = None
         if "history" in inputs.datasets:
-            progress(0.7, "reading the training history")
+            progress(0.62, "reading the training history")
             ds = inputs.datasets["history"]
             curves, _ = read_history(Path(ds.path), ds.format)  # type: ignore[arg-type]  # a Format str
             history = analyse_history(
@@ -117,13 +135,18 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
             )
         weights = None
         if params.weights:
-            progress(0.8, "fitting the spectra of the weights")
+            progress(0.64, "fitting the spectra of the weights")
             weights = weight_alphas(Path(inputs.model_path))
 
+        curve = None
+        if params.learning_curve:
+            progress(0.65, "learning curve: searching a training recipe")
+            curve = learning_curve(ctx, params, output, task, primary, splits, predictions["train"], history)
+
         progress(0.9, "deciding")
-        verdict, summary, evidence = decide(task, primary, splits, gap, history, weights, params, identical)
+        verdict, summary, evidence = decide(task, primary, splits, gap, history, weights, params, identical, curve)
         hidden = hidden_layers(Path(inputs.model_path))
-        remedies = suggest(verdict, primary, splits, gap, history, evidence, ctx.info, params, hidden)
+        remedies = suggest(verdict, primary, splits, gap, history, evidence, ctx.info, params, hidden, curve)
         report = DiagnoseReport(
             verdict=verdict,
             summary=summary,
@@ -136,6 +159,7 @@ class Diagnose(Kind[DiagnoseParams, DiagnoseReport]):
             evidence=evidence,
             history=history,
             weights=weights,
+            learning_curve=curve,
             remedies=remedies,
             thresholds={
                 "overfit_relative_gap": params.overfit_relative_gap,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from engine.core.kind import StrictParams
 
@@ -70,6 +70,47 @@ class DiagnoseParams(StrictParams):
     min_delta: float = Field(default=0.0, ge=0, description="EarlyStopping min_delta on the monitored curve")
     patience: int | None = Field(default=None, ge=1, description="EarlyStopping patience (default max(3, epochs/10))")
     weights: bool = Field(default=True, description="Spectral (power-law alpha) analysis of the weight matrices")
+    learning_curve: bool = Field(
+        default=False,
+        description="A data-size learning curve (needs the train extra): the model's architecture re-initialised and "
+        "re-trained on learning_curve_sizes of the train split, train and validation metric per size with 95% "
+        "intervals: would more data help (high variance) or not (high bias)? It measures the architecture, not the "
+        "uploaded weights; refused at submit when its estimate exceeds the job time limit",
+    )
+    learning_curve_sizes: list[float] = Field(
+        default=[0.1, 0.25, 0.5, 1.0], min_length=2, max_length=8, description="Shares of the train split, in (0, 1]"
+    )
+    learning_curve_learning_rates: list[float] = Field(
+        default=[1e-3, 3e-3, 1e-2],
+        min_length=1,
+        max_length=5,
+        description="Adam learning rates the recipe search tries (on 80% of train, validated on the rest)",
+    )
+    learning_curve_search_epochs: int = Field(
+        default=30, ge=1, le=500, description="At most this many epochs per searched rate (early stopping, patience 5)"
+    )
+    learning_curve_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Epochs at full size (default: the history's best epoch, else the search's); smaller shares run "
+        "the same number of optimizer steps",
+    )
+    learning_curve_batch_size: int = Field(default=32, ge=1, le=65536)
+
+    @field_validator("learning_curve_sizes")
+    @classmethod
+    def _shares(cls, sizes: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError("learning_curve_sizes are distinct shares of the train split in (0, 1]")
+        return sorted(sizes)
+
+    @field_validator("learning_curve_learning_rates")
+    @classmethod
+    def _rates(cls, rates: list[float]) -> list[float]:
+        if any(not 0 < r <= 1 for r in rates):
+            raise ValueError("learning_curve_learning_rates are in (0, 1]")
+        return rates
 
 
 class SplitResult(BaseModel):
@@ -106,5 +147,6 @@ class Evidence(BaseModel):
 class Remedy(BaseModel):
     action: str
     why: str = Field(description="The evidence that calls for it")
+    evidence: list[str] = Field(default_factory=list, description="Codes of the evidence items that support it")
     setting: dict[str, Any] = Field(default_factory=dict, description="Concrete values where they can be derived")
     code: str | None = Field(default=None, description="Ready-to-paste code, e.g. a Keras EarlyStopping")

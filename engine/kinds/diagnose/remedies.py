@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from engine.inspect import ModelInfo
+from engine.kinds.diagnose.learning_curve import LearningCurve
 from engine.kinds.diagnose.models import DiagnoseParams, Evidence, Gap, Remedy, SplitResult, Verdict
 from engine.kinds.diagnose.verdict import num, pct
 from engine.measure.curves import HistoryAnalysis, minimize
@@ -20,22 +21,66 @@ def suggest(
     info: ModelInfo,
     p: DiagnoseParams,
     hidden: list[str] | None = None,
+    curve: LearningCurve | None = None,
 ) -> list[Remedy]:
     """Remedies for the verdict, most direct first: early stopping at a named epoch, regularization, data,
-    capacity, epochs, features, a larger validation set."""
+    capacity, epochs, features, a larger validation set. Each names the evidence items (codes) that support it."""
     out: list[Remedy] = []
     codes = {e.code for e in evidence}
     if (verdict == "overfit" or "history_onset" in codes) and history and history.monitor and history.best_epoch:
-        out.append(_early_stopping(history))
+        out.append(_cite(_early_stopping(history), codes, "history_onset", *GAP_CODES))
     if verdict == "overfit":
-        out += _against_overfitting(primary, splits, gap, hidden)
+        out += [_cite(r, codes, *GAP_CODES) for r in _against_overfitting(primary, splits, gap, hidden, curve)]
+    elif curve is not None and curve.validation_rising:
+        out.append(_cite(_more_data_measured(curve, splits), codes))
     if history is not None and history.still_improving:
-        out.append(_more_epochs(history))
-    if verdict == "underfit":
-        out += _against_underfitting(splits, info)
+        out.append(_cite(_more_epochs(history), codes, "history_still_improving"))
+    if "curve_undertrained" in codes and curve is not None:
+        out.append(_cite(_retrain(curve), codes, "curve_undertrained"))
+    # capacity and features only when the evidence is about the model's reach: not when re-training the same
+    # architecture showed that it fits (its weights are merely under-trained)
+    if verdict == "underfit" and codes & set(CAPACITY_CODES) and "curve_undertrained" not in codes:
+        out += [_cite(r, codes, *CAPACITY_CODES) for r in _against_underfitting(splits, info)]
     if verdict == "inconclusive" and gap is not None:
-        out.append(_larger_validation(primary, splits))
+        out.append(_cite(_larger_validation(primary, splits), codes, *UNDECIDED_CODES))
     return out
+
+
+GAP_CODES = ("significant_gap", "significant_gap_and_onset", "significant_gap_and_history_overfit")
+CAPACITY_CODES = ("no_gain_over_baseline", "below_train_target", "history_plateau_low", "curve_high_bias")
+UNDECIDED_CODES = ("gap_straddles_threshold", "gap_not_significant", "too_few_samples", "history_overfit_no_gap")
+
+
+def _cite(remedy: Remedy, codes: set[str], *wanted: str) -> Remedy:
+    """The remedy with the codes of the evidence found that supports it (its own, e.g. curve_more_data, kept)."""
+    remedy.evidence = [c for c in dict.fromkeys([*remedy.evidence, *wanted]) if c in codes]
+    return remedy
+
+
+def _more_data_measured(curve: LearningCurve, splits: dict[str, SplitResult]) -> Remedy:
+    prev, last = curve.points[-3] if len(curve.points) > 2 else curve.points[-2], curve.points[-1]
+    return Remedy(
+        action="more training data",
+        why=f"measured: re-trained on {prev.samples} and {last.samples} samples, the architecture's validation "
+        f"{curve.metric} rose from {num(prev.validation)} to {num(last.validation)} (the data-size learning curve)",
+        setting={
+            "train_samples_now": splits["train"].samples,
+            "validation_by_train_samples": _by_size(curve),
+        },
+        evidence=["curve_more_data"],
+    )
+
+
+def _by_size(curve: LearningCurve) -> dict[int, float | None]:
+    return {pt.samples: None if pt.validation is None else round(pt.validation, 4) for pt in curve.points}
+
+
+def _retrain(curve: LearningCurve) -> Remedy:
+    return Remedy(
+        action="re-train with the recipe the learning curve found",
+        why="the same architecture re-trained on the same data does far better on validation than the uploaded weights",
+        setting={k: curve.recipe[k] for k in ("optimizer", "learning_rate", "epochs_at_full_size", "batch_size")},
+    )
 
 
 def _early_stopping(history: HistoryAnalysis) -> Remedy:
@@ -67,7 +112,11 @@ def _early_stopping(history: HistoryAnalysis) -> Remedy:
 
 
 def _against_overfitting(
-    primary: str, splits: dict[str, SplitResult], gap: Gap | None, hidden: list[str] | None
+    primary: str,
+    splits: dict[str, SplitResult],
+    gap: Gap | None,
+    hidden: list[str] | None,
+    curve: LearningCurve | None,
 ) -> list[Remedy]:
     out: list[Remedy] = []
     n_train = splits["train"].samples
@@ -93,7 +142,19 @@ def _against_overfitting(
             },
         )
     )
-    if gap is not None and gap.absolute > 0:
+    if curve is not None and curve.validation_rising:
+        out.append(_more_data_measured(curve, splits))
+    elif curve is not None:
+        out.append(
+            Remedy(
+                action="more training data will help little",
+                why=f"measured: re-trained on growing shares of train, the architecture's validation {curve.metric} "
+                f"is flat ({curve.text})",
+                setting={"validation_by_train_samples": _by_size(curve)},
+                evidence=["learning_curve"],
+            )
+        )
+    elif gap is not None and gap.absolute > 0:
         out.append(
             Remedy(
                 action="more training data",

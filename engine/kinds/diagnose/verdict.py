@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.kinds.diagnose.learning_curve import LearningCurve
 from engine.kinds.diagnose.models import DiagnoseParams, Evidence, Gap, SplitResult, Verdict
 from engine.measure.curves import HistoryAnalysis
+from engine.measure.stats import gain
 
 
 def pct(v: float | None) -> str:
@@ -40,6 +42,7 @@ def decide(
     weights: list[dict[str, Any]] | None,
     p: DiagnoseParams,
     identical: bool,
+    curve: LearningCurve | None = None,
 ) -> tuple[Verdict, str, list[Evidence]]:
     """The verdict, a one-line summary and the evidence, by the documented thresholds of DiagnoseParams."""
     note = _Notes()
@@ -48,16 +51,18 @@ def decide(
         note("same_data", "inconclusive", "train and validation are the same data")
     onset = history is not None and history.overfit_onset_epoch is not None
     risen = onset and (history.val_loss_rise or 0.0) >= p.history_overfit_rise  # type: ignore[union-attr]
+    onset = onset or (curve is not None and curve.reading == "high_variance")  # the curves show overfitting
     overfit, straddle = _gap_evidence(note, tr, va, gap, p, onset, risen)
     underfit = _gain_evidence(note, task, primary, tr, va, p)
     slow = _history_evidence(note, history, tr)
+    retrained = _curve_evidence(note, curve, primary, va, p)
     _weights_evidence(note, weights)
     too_wide = _sample_size_evidence(note, splits, gap, p)
     fits = va.gain is not None and va.gain >= p.good_fit_gain
     # the history's signal says underfit only where the gains do not say the model fits: poor on validation and
     # on train (a model that fits train fully while its losses still fall is not underfit)
     poor_train = tr.gain is None or tr.gain < p.good_fit_gain
-    underfit = underfit or (slow and not fits and poor_train)
+    underfit = underfit or ((slow or retrained) and not fits and poor_train)
     verdict = _verdict(note, too_wide or identical, overfit, underfit, straddle, slow, fits, va, p)
     return verdict, _summary(verdict, primary, tr, va, gap, note.items), note.items
 
@@ -142,7 +147,8 @@ def _gap_evidence(
                 "significant_gap_and_onset",
                 "overfit",
                 text + f"; significant, its interval reaches the {pct(p.overfit_relative_gap)} threshold, "
-                "and the learning curves show overfitting",
+                "and the learning curves show overfitting (the history's onset, or the data-size curve's high "
+                "variance)",
             )
         elif lo is not None and lo > 0 and risen:
             overfit = True  # overfitting the history shows, confirmed by a measurable gap in the uploaded model
@@ -228,6 +234,47 @@ def _history_evidence(note: _Notes, history: HistoryAnalysis | None, tr: SplitRe
             "features, not more epochs",
         )
     return bool(history.still_improving or low)
+
+
+def _curve_evidence(
+    note: _Notes, curve: LearningCurve | None, primary: str, va: SplitResult, p: DiagnoseParams
+) -> bool:
+    """What the data-size learning curve says; True when it says the uploaded model has not fit: re-trained, the
+    same architecture does far better on validation than the uploaded weights (they are under-trained). High bias
+    (train stays poor even re-trained) is reported but never decides: it looks the same as a task whose noise
+    limits every model (a correct fit of data with heavy-tailed noise)."""
+    if curve is None:
+        return False
+    last = curve.points[-1]
+    note("learning_curve", "none", f"data-size learning curve, {curve.method}: {curve.text}")
+    under = False
+    if curve.reading == "high_bias":
+        text = "the architecture re-trained from scratch stays poor on its own training data: high bias (capacity or "
+        note("curve_high_bias", "none", text + "features, not data), unless the task's noise limits every model")
+    uploaded = va.metrics.get(primary)
+    retrained_gain = gain(last.validation, va.baseline_metrics.get(primary))
+    if last.validation is not None and uploaded is not None and last.validation_ci95 and retrained_gain is not None:
+        half = (last.validation_ci95[1] - last.validation_ci95[0]) / 2
+        if retrained_gain >= p.good_fit_gain > (va.gain or 0.0) and last.validation - uploaded > half:
+            under = True
+            note(
+                "curve_undertrained",
+                "underfit",
+                f"re-trained on the same train split, the same architecture reaches {primary} {num(last.validation)} "
+                f"on validation (gain {pct(retrained_gain)}); the uploaded weights reach {num(uploaded)} (gain "
+                f"{pct(va.gain)}): they are under-trained (recipe: {curve.recipe['learning_rate']} learning rate, "
+                f"{curve.recipe['epochs_at_full_size']} epochs)",
+            )
+    if curve.validation_rising:
+        earlier = curve.points[-3] if len(curve.points) > 2 else curve.points[-2]
+        note(
+            "curve_more_data",
+            "overfit" if curve.reading == "high_variance" else "none",
+            f"validation {primary} still rises from {num(earlier.validation)} at {earlier.samples} to "
+            f"{num(last.validation)} at {last.samples} training samples: more data would help"
+            + (" (high variance: a gap that data closes)" if curve.reading == "high_variance" else ""),
+        )
+    return under
 
 
 def _weights_evidence(note: _Notes, weights: list[dict[str, Any]] | None) -> None:

@@ -3,10 +3,10 @@ that structured pruning costs (Hinton et al., 2015).
 
 Student: another model of the tenant with the same signature (`student_model_id`, typically a prune job's
 output), or the teacher structurally pruned (engine.pruning.structured; `student: auto`, `ratio`). The student
-trains as its own ONNX graph in PyTorch (torch_graph.py); the trained weights go back into the same
+trains as its own ONNX graph in PyTorch (engine/training/torch_graph.py); the trained weights go back into the same
 initializers, and ONNX Runtime on the result is checked against the interpreter. Teacher outputs are computed
-once with ONNX Runtime. The loss and the loop are in training.py; the per-epoch history is analysed by the shared
-learning-curve code (engine.measure.curves).
+once with ONNX Runtime. The loss and the loop are in engine/training/loop.py; the per-epoch history is analysed by
+the shared learning-curve code (engine.measure.curves).
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, BatchSize, Kind, Outcome, ReportBase, RunContext, StrictParams
 from engine.datasets import DatasetSummary
 from engine.inspect import ModelInfo, check_and_inspect, refuse_unsupported_ops
-from engine.kinds.distill.torch_graph import OnnxModule
 from engine.measure.comparison import Comparison, check_same_signature, compare
 from engine.measure.curves import analyse_history
 from engine.measure.data import EvalData, feeds_for
 from engine.measure.metrics import class_probabilities, label_indices, primary_metric, task_of
 from engine.pruning.structured import prune_structured
 from engine.runtime import make_session, run_batched
+from engine.training import OPTIMISTIC_MACS_PER_S
+from engine.training.torch_graph import OnnxModule
 
 INTERPRETER_TOLERANCE = 1e-3
-# Training throughput of the interpreter, optimistic on purpose (measured 4.7-6.4 GMAC/s forward+backward on the
-# digits models, 1 thread, BENCHMARKS.md): the estimate refuses only runs that cannot fit the job time limit.
-OPTIMISTIC_MACS_PER_S = 10e9
 
 
 class DistillParams(StrictParams):
@@ -179,8 +177,8 @@ class Distill(Kind[DistillParams, DistillReport]):
                 "PyTorch is not installed on this worker: distillation needs the train extra (pip install "
                 "torch==2.13.0, then pip install 'onnxsmith[train]')",
             ) from None
-        from engine.kinds.distill.torch_graph import max_disagreement
-        from engine.kinds.distill.training import Distiller
+        from engine.training.loop import Distiller
+        from engine.training.torch_graph import max_disagreement
 
         inputs, info, warnings = ctx.inputs, ctx.info, ctx.warnings
         output = pick_output(info, params.output)
@@ -190,10 +188,9 @@ class Distill(Kind[DistillParams, DistillReport]):
         module = OnnxModule(student)
 
         ctx.progress(0.05, "computing the teacher's outputs")
-        train, val, classification = _splits(ctx, params, output)
-        distiller = Distiller(
-            module, output, classification, params.temperature, params.alpha if train.labels is not None else 0.0
-        )
+        train, val, classification, probabilities = _splits(ctx, params, output)
+        alpha = params.alpha if train.labels is not None else 0.0
+        distiller = Distiller(module, output, classification, params.temperature, alpha, probabilities)
         params_list = module.parameters()
         opt = _optimizer(params_list, params)
         evaluation = _eval_split(ctx)
@@ -303,11 +300,12 @@ def _student(
     return student, rows, alone, f"structured pruning of the teacher, ratio {params.ratio} (L1)"
 
 
-def _splits(ctx: RunContext, params: DistillParams, output: str) -> tuple[Any, Any, bool]:
-    """Train and validation splits with the teacher's outputs as soft targets; whether the task is classification."""
+def _splits(ctx: RunContext, params: DistillParams, output: str) -> tuple[Any, Any, bool, bool]:
+    """Train and validation splits with the teacher's outputs as soft targets; whether the task is classification
+    and whether the output is probabilities (the student's is trained through its log then)."""
     import torch
 
-    from engine.kinds.distill.training import Split
+    from engine.training.loop import Split
 
     inputs = ctx.inputs
     x_train, y_train = inputs.feeds("train")
@@ -317,6 +315,7 @@ def _splits(ctx: RunContext, params: DistillParams, output: str) -> tuple[Any, A
         (label_summary.kind == "classification") if label_summary else t_train.ndim == 2 and t_train.shape[1] > 1
     )
     n_classes = class_probabilities(t_train[:1])[0].shape[1] if classification else 0
+    probabilities = classification and class_probabilities(t_train)[1] == "probabilities"
 
     def labels(y: np.ndarray | None, role: str) -> Any:
         if y is None:
@@ -337,7 +336,7 @@ def _splits(ctx: RunContext, params: DistillParams, output: str) -> tuple[Any, A
     if "validation" in inputs.datasets:
         x_val, y_val = inputs.feeds("validation")
         val = Split(x_val, labels(y_val, "validation"), soft(_teacher_outputs(inputs.model_path, x_val, output)))
-    return train, val, classification
+    return train, val, classification, probabilities
 
 
 def _eval_split(ctx: RunContext) -> EvalData:

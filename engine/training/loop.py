@@ -1,8 +1,10 @@
-"""The training loop of distillation: the student (an ONNX graph run by the PyTorch interpreter) learns from the
-teacher's outputs and, with `alpha` > 0, from the labels. torch is imported by the caller, never at import time.
+"""The training loop on an ONNX graph run by the PyTorch interpreter: distillation (the student learns from the
+teacher's outputs and, with `alpha` > 0, from the labels) and plain training on labels (alpha 1, no teacher: the
+diagnose job's data-size learning curve). torch is imported by the caller, never at import time.
 
 Loss — classification: alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) ||
-softmax(student / T)); regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher).
+softmax(student / T)); regression: alpha * MSE(student, labels) + (1 - alpha) * MSE(student, teacher). An output
+that is already probabilities (a Softmax at the end) is trained through its log, never as logits.
 Early stopping is the shared rule (engine.select.stopping); a NaN loss stops training and restores the best
 weights.
 """
@@ -25,7 +27,10 @@ class Split:
 
     feeds: dict[str, np.ndarray]
     labels: Any  # torch tensor or None
-    soft: Any  # torch tensor
+    soft: Any  # torch tensor, or None when training on labels alone
+
+    def __len__(self) -> int:
+        return len(next(iter(self.feeds.values())))
 
 
 @dataclass
@@ -39,24 +44,43 @@ class Trained:
 
 
 class Distiller:
-    def __init__(self, module: Any, output: str, classification: bool, temperature: float, alpha: float) -> None:
+    def __init__(
+        self,
+        module: Any,
+        output: str,
+        classification: bool,
+        temperature: float,
+        alpha: float,
+        probabilities: bool = False,
+    ) -> None:
         import torch
 
         self.torch, self.F = torch, torch.nn.functional
         self.module, self.output, self.classification = module, output, classification
-        self.T, self.alpha = temperature, alpha
+        self.T, self.alpha, self.probabilities = temperature, alpha, probabilities
+
+    def logits(self, out: Any) -> Any:
+        """The output as [batch, classes] logits: log of probabilities, a single binary logit as [0, z]."""
+        torch = self.torch
+        out = out.reshape(out.shape[0], -1)
+        if self.probabilities:
+            out = torch.log(out.clamp_min(1e-12)) if out.shape[1] > 1 else torch.logit(out, eps=1e-6)
+        if out.shape[1] == 1:  # one logit: a binary classifier as two logits [0, z]
+            out = torch.cat([torch.zeros_like(out), out], dim=1)
+        return out
 
     def loss(self, out: Any, y: Any, t: Any) -> Any:
-        torch, F, T, alpha = self.torch, self.F, self.T, self.alpha
-        out = out.reshape(out.shape[0], -1)
+        F, T, alpha = self.F, self.T, self.alpha
         if self.classification:
-            if out.shape[1] == 1:  # one logit: a binary classifier as two logits [0, z]
-                out = torch.cat([torch.zeros_like(out), out], dim=1)
-            kd = F.kl_div(F.log_softmax(out / T, dim=1), F.log_softmax(t / T, dim=1), log_target=True,
-                          reduction="batchmean") * T * T  # fmt: skip
+            out = self.logits(out)
+            kd = out.new_zeros(())
+            if t is not None and alpha < 1:
+                kd = F.kl_div(F.log_softmax(out / T, dim=1), F.log_softmax(t / T, dim=1), log_target=True,
+                              reduction="batchmean") * T * T  # fmt: skip
             hard = F.cross_entropy(out, y) if y is not None and alpha > 0 else out.new_zeros(())
         else:
-            kd = F.mse_loss(out, t)
+            out = out.reshape(out.shape[0], -1)
+            kd = F.mse_loss(out, t) if t is not None and alpha < 1 else out.new_zeros(())
             hard = F.mse_loss(out, y) if y is not None and alpha > 0 else out.new_zeros(())
         return alpha * hard + (1 - alpha) * kd
 
@@ -67,14 +91,13 @@ class Distiller:
         """Mean loss and, for a labeled classifier, accuracy on a split."""
         torch = self.torch
         with torch.no_grad():
-            total, correct, n = 0.0, 0, len(split.soft)
+            total, correct, n = 0.0, 0, len(split)
             for idx in torch.arange(n).split(1024):
                 out = self.module(self._feeds(split.feeds, idx))[self.output].reshape(len(idx), -1)
                 y = split.labels[idx] if split.labels is not None else None
-                total += float(self.loss(out, y, split.soft[idx])) * len(idx)
+                total += float(self.loss(out, y, split.soft[idx] if split.soft is not None else None)) * len(idx)
                 if self.classification and y is not None:
-                    logits = torch.cat([torch.zeros_like(out), out], 1) if out.shape[1] == 1 else out
-                    correct += int((logits.argmax(1) == y).sum())
+                    correct += int((self.logits(out).argmax(1) == y).sum())
             labeled = self.classification and split.labels is not None
             return total / n, (correct / n if labeled else None)
 
@@ -82,10 +105,11 @@ class Distiller:
         """One pass over the training data; None when the loss became NaN/inf."""
         torch = self.torch
         running, seen = 0.0, 0
-        for idx in torch.randperm(len(train.soft), generator=gen).split(batch_size):
+        for idx in torch.randperm(len(train), generator=gen).split(batch_size):
             opt.zero_grad()
             out = self.module(self._feeds(train.feeds, idx))[self.output]
-            loss = self.loss(out, train.labels[idx] if train.labels is not None else None, train.soft[idx])
+            soft = train.soft[idx] if train.soft is not None else None
+            loss = self.loss(out, train.labels[idx] if train.labels is not None else None, soft)
             if not torch.isfinite(loss):
                 return None
             loss.backward()
