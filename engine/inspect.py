@@ -88,6 +88,32 @@ def ml_operators(info: ModelInfo) -> list[str]:
     return sorted(op.split(":")[-1] for op in info.op_histogram if op.startswith("ai.onnx.ml:"))
 
 
+ML_HINT = "evaluate, diagnose, benchmark and compare run such models"
+
+
+def refuse_attribute_weights(info: ModelInfo, code: ErrorCode, what: str) -> None:
+    """A 422 at submit for a scikit-learn-style graph (ai.onnx.ml operators, no Conv/Gemm/MatMul): its weights
+    are node attributes that no compression reaches. `what`: why the kind has nothing to do with it."""
+    ml = ml_operators(info)
+    if ml and not {"Conv", "Gemm", "MatMul"} & set(info.op_histogram):
+        raise EngineError(
+            code,
+            f"the model's ops {ml[:10]} are scikit-learn-style ai.onnx.ml operators whose weights are node "
+            f"attributes, and it has no Conv/Gemm/MatMul: {what} ({ML_HINT})",
+        )
+
+
+def refuse_non_tensor_outputs(info: ModelInfo, what: str) -> None:
+    """A 422 at submit when an output is a sequence or map (a ZipMap): `what` cannot rewrite such graphs."""
+    odd = [f"{o.name} ({o.elem_type})" for o in info.outputs if o.elem_type.startswith(("sequence", "map"))]
+    if odd:
+        raise EngineError(
+            ErrorCode.UNSUPPORTED,
+            f"{what} cannot rewrite a graph with sequence or map outputs: {odd} (a scikit-learn ZipMap: export with "
+            "skl2onnx's options={id(model): {'zipmap': False}} for a probability tensor)",
+        )
+
+
 def refuse_unsupported_ops(info: ModelInfo, supported: set[str], what: str) -> None:
     """A 422 at submit naming the ops `what` (e.g. 'the training interpreter') cannot handle."""
     missing = sorted(set(info.op_histogram) - supported)  # ops of other domains are keyed "domain:op"
@@ -95,10 +121,7 @@ def refuse_unsupported_ops(info: ModelInfo, supported: set[str], what: str) -> N
         return
     ml = ml_operators(info)
     hint = (
-        f"; {ml} are scikit-learn-style ai.onnx.ml operators whose weights are node attributes: evaluate, diagnose, "
-        "benchmark, compare and quantize run such models"
-        if ml
-        else ""
+        f"; {ml} are scikit-learn-style ai.onnx.ml operators whose weights are node attributes: {ML_HINT}" if ml else ""
     )
     raise EngineError(ErrorCode.UNSUPPORTED_OP, f"{what} does not support the model's ops {missing[:20]}{hint}")
 

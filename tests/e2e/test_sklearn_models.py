@@ -94,8 +94,12 @@ def test_a_regressor_through_the_api_and_the_refusals_at_submit(api, worker, can
         ({"kind": "distill", "params": {"epochs": 1}}, "unsupported-op", "LinearClassifier"),
         ({"kind": "prune", "params": {"method": "structured", "ratio": 0.3}}, "nothing-to-prune", "ai.onnx.ml"),
         ({"kind": "quantize", "params": {"mode": "dynamic"}}, "nothing-to-quantize", "ai.onnx.ml"),
+        ({"kind": "prune", "params": {"method": "simplify"}}, "unsupported", "zipmap"),
+        ({"kind": "optimize", "params": {}}, "unsupported-op", "none of optimize's methods"),
+        ({"kind": "diagnose", "params": {"learning_curve": True}}, "unsupported-op", "LinearClassifier"),
     ]
     for body, problem, words in refusals:
-        r = api.post("/v1/jobs", json={**body, "model_id": classifier, "datasets": {"train": train, "eval": train}})
+        datasets = {"train": train, "eval": train, **({"validation": train} if body["kind"] == "diagnose" else {})}
+        r = api.post("/v1/jobs", json={**body, "model_id": classifier, "datasets": datasets})
         assert r.status_code == 422 and r.json()["type"].endswith(problem), r.text
         assert words in r.json()["detail"], r.json()["detail"]

@@ -15,7 +15,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import JobInputs, pick_output
 from engine.core.kind import Ratio, ReportBase, StepSummary, StrictParams
 from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo
+from engine.inspect import ModelInfo, refuse_attribute_weights, refuse_non_tensor_outputs
 from engine.measure.comparison import Comparison
 from engine.select.goal import Goal
 from engine.select.trial import Trial
@@ -198,6 +198,10 @@ class OptimizeReport(ReportBase):
 
 
 def validate(info: ModelInfo, summaries: dict[str, DatasetSummary], params: OptimizeParams) -> None:
+    refuse_attribute_weights(
+        info, ErrorCode.UNSUPPORTED_OP, "none of optimize's methods (simplify, quantize, prune, distill) applies"
+    )
+    refuse_non_tensor_outputs(info, "optimize (its first step, simplify)")
     for role in ("train", "validation", "test", "calibration", "eval"):
         if role in summaries:
             if summaries[role].kind != "samples":

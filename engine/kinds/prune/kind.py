@@ -22,7 +22,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
 from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo, check_and_inspect, ml_operators
+from engine.inspect import ModelInfo, check_and_inspect, refuse_attribute_weights, refuse_non_tensor_outputs
 from engine.kinds.prune.magnitude import magnitude_prune
 from engine.kinds.prune.params import PruneParams
 from engine.kinds.prune.sensitivity import Judge, sensitivity_prune
@@ -101,14 +101,10 @@ class Prune(Kind[PruneParams, PruneReport]):
             raise EngineError(
                 ErrorCode.MISSING_DATASET, "criterion 'activation' needs an eval (or test, or validation) dataset"
             )
-        ml = ml_operators(info)
-        if ml and params.method != "simplify" and not {"Conv", "Gemm", "MatMul"} & set(info.op_histogram):
-            raise EngineError(
-                ErrorCode.NOTHING_TO_PRUNE,
-                f"the model's ops {ml[:10]} are scikit-learn-style ai.onnx.ml operators whose weights are node "
-                f"attributes, and it has no Conv/Gemm/MatMul: {params.method} pruning has nothing to remove "
-                "(evaluate, diagnose, benchmark, compare and quantize run such models)",
-            )
+        if params.method == "simplify":
+            refuse_non_tensor_outputs(info, "simplify (onnxscript's optimizer)")
+        else:
+            refuse_attribute_weights(info, ErrorCode.NOTHING_TO_PRUNE, f"{params.method} pruning has nothing to remove")
         if "eval" in summaries:
             binding.plan(info.inputs, summaries["eval"])
         pick_output(info, params.output)

@@ -22,7 +22,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
 from engine.datasets import DatasetSummary
-from engine.inspect import ModelInfo, check_and_inspect, ml_operators
+from engine.inspect import ML_HINT, ModelInfo, check_and_inspect, ml_operators
 from engine.kinds.quantize.auto import AutoSearch, QuantizeTrial, Search
 from engine.kinds.quantize.calibration import Reader
 from engine.kinds.quantize.modes import QUANTIZED_OPS, is_quantized, left_in_float, quantize_model
@@ -101,7 +101,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
                 "the model has no weights to quantize"
                 + (
                     f": its ops {ml[:10]} are scikit-learn-style ai.onnx.ml operators whose weights are node "
-                    "attributes, which ONNX Runtime's quantizer does not touch"
+                    f"attributes, which ONNX Runtime's quantizer does not touch ({ML_HINT})"
                     if ml
                     else ""
                 ),
