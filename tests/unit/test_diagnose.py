@@ -492,5 +492,6 @@ def test_the_learning_curve_needs_a_graph_the_interpreter_can_train(tmp_path) ->
     with pytest.raises(EngineError, match="LinearClassifier"):
         DIAGNOSE.validate(info, {}, DiagnoseParams(learning_curve=True))
     assert DIAGNOSE.needs(DiagnoseParams(learning_curve=True)) == {"torch"} and not DIAGNOSE.needs(DiagnoseParams())
-    with pytest.raises(ValueError, match="shares"):
+    with pytest.raises(ValueError, match="less than or equal to 1"):
         DiagnoseParams(learning_curve_sizes=[0.5, 1.5])
+    assert DiagnoseParams(learning_curve_sizes=[1, 0.5, 0.5]).learning_curve_sizes == [0.5, 1.0]

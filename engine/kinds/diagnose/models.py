@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -77,10 +77,13 @@ class DiagnoseParams(StrictParams):
         "intervals: would more data help (high variance) or not (high bias)? It measures the architecture, not the "
         "uploaded weights; refused at submit when its estimate exceeds the job time limit",
     )
-    learning_curve_sizes: list[float] = Field(
-        default=[0.1, 0.25, 0.5, 1.0], min_length=2, max_length=8, description="Shares of the train split, in (0, 1]"
+    learning_curve_sizes: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default=[0.1, 0.25, 0.5, 1.0],
+        min_length=2,
+        max_length=8,
+        description="Shares of the train split, in (0, 1] (sorted; repeats are dropped)",
     )
-    learning_curve_learning_rates: list[float] = Field(
+    learning_curve_learning_rates: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         default=[1e-3, 3e-3, 1e-2],
         min_length=1,
         max_length=5,
@@ -101,16 +104,7 @@ class DiagnoseParams(StrictParams):
     @field_validator("learning_curve_sizes")
     @classmethod
     def _shares(cls, sizes: list[float]) -> list[float]:
-        if any(not 0 < f <= 1 for f in sizes) or len(set(sizes)) != len(sizes):
-            raise ValueError("learning_curve_sizes are distinct shares of the train split in (0, 1]")
-        return sorted(sizes)
-
-    @field_validator("learning_curve_learning_rates")
-    @classmethod
-    def _rates(cls, rates: list[float]) -> list[float]:
-        if any(not 0 < r <= 1 for r in rates):
-            raise ValueError("learning_curve_learning_rates are in (0, 1]")
-        return rates
+        return sorted(set(sizes))
 
 
 class SplitResult(BaseModel):
