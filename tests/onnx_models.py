@@ -170,3 +170,65 @@ def encoder(path: Path, vocab: int = 300, hidden: int = 64, layers: int = 2, see
     model.ir_version = 8
     onnx.checker.check_model(model)
     return _save(model, path)
+
+
+LIGHT_MODELS = (
+    "bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",
+    "vgg19", "zfnet512",
+)  # fmt: skip
+
+
+def light(name: str, path: Path, seed: int = 0) -> Path:
+    """A real architecture from the onnx package's backend test data (onnx/backend/test/data/light/light_<name>.onnx)
+    with random weights at its shapes: the "light" files replace every large weight by a ConstantOfShape node; here
+    each becomes an initializer (He-normal for kernels and matrices, N(0, 0.1) for vectors, BatchNorm scales and
+    variances near 1), Unsqueezes of constants are folded, and the initializers leave the graph's inputs (IR 4)."""
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    model = onnx.load(str(folder / f"light_{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    inits = {t.name: t for t in model.graph.initializer}
+    users: dict[str, tuple[onnx.NodeProto, int]] = {}
+    for node in model.graph.node:
+        for i, name_ in enumerate(node.input):
+            users.setdefault(name_, (node, i))
+    made: dict[str, np.ndarray] = {}
+    keep_nodes = []
+    for node in model.graph.node:
+        ins = [made[i] if i in made else numpy_helper.to_array(inits[i]) if i in inits else None for i in node.input]
+        if node.op_type == "ConstantOfShape" and ins[0] is not None:
+            made[node.output[0]] = _random_weight(rng, [int(d) for d in ins[0]], *users.get(node.output[0], (None, -1)))
+        elif node.op_type == "Unsqueeze" and ins[0] is not None and len(node.input) == 1:
+            axes = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axes")
+            value = ins[0]
+            for axis in sorted(axes):
+                value = np.expand_dims(value, axis)
+            made[node.output[0]] = value
+        else:
+            keep_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep_nodes)
+    used = {i for n in keep_nodes for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in used and t.name not in made]
+    kept += [numpy_helper.from_array(v, k) for k, v in made.items() if k in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    names = {t.name for t in kept}
+    inputs = [i for i in model.graph.input if i.name not in names and i.name not in made and i.name in used]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = max(model.ir_version, 4)
+    return _save(model, path)
+
+
+def _random_weight(rng: np.random.Generator, shape: list[int], user: onnx.NodeProto | None, index: int) -> np.ndarray:
+    op = user.op_type if user is not None else ""
+    if op == "BatchNormalization" and index in (1, 4):  # scale, variance
+        return (1.0 + 0.1 * np.abs(rng.standard_normal(shape))).astype(np.float32)
+    if len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:])) if op == "Conv" or len(shape) > 2 else shape[0]
+        if op == "Gemm" and any(a.name == "transB" and a.i for a in user.attribute):  # type: ignore[union-attr]
+            fan_in = shape[1]
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
+    if op == "Mul":  # a BatchNorm's scale exported as Mul
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)

@@ -1,17 +1,22 @@
 """Structured pruning on an ONNX graph: remove whole output units of Conv (channels) and Gemm/MatMul (neurons),
 with everything that depends on them, and leave a layer alone — saying why — when that cannot be done safely.
+Layers whose channels are coupled (a residual Add/Sum between their outputs) form a dependency group
+(engine.pruning.dependency) and are pruned together: the same channels go from every member, ranked by the
+group's importance (each member's scores normalised and averaged).
 
 For each prunable layer (a Conv with group 1, a Gemm, or a MatMul whose second input is a 2-D initializer) the
 output tensor is followed forward:
 - through element-wise activations, pooling, Dropout/Identity and BatchNormalization (its four parameters are
   sliced with the channels), and through depthwise convolutions (sliced too, `group` updated);
+- through element-wise ops with a constant operand (Mul/Add/Sub/Div/PRelu by a per-channel constant: sliced; a
+  scalar or broadcast constant: unchanged), and through element-wise ops between tensors of the same group;
 - through Flatten, or a Reshape to [N, features], after a Conv: each channel is a block of H*W features (shape
   inference gives H*W; an explicit feature count in the Reshape's shape constant is updated);
 - through Concat along the channel axis: the kept channels move to their offset in the concatenation;
 - into consumers that absorb the change: a Conv (group 1; its input channels), a Gemm or a MatMul (input rows).
-Anything else stops the layer: an element-wise Add or Mul (residual connections couple channels across
-layers), a graph output (outputs keep their shape), a weight shared by several nodes, unknown shapes, other ops.
-Such layers are left alone with the reason; coupled groups are not pruned jointly yet.
+Anything else stops the layer (and its whole group): an element-wise op with a tensor of another group or of no
+prunable layer, a graph output (outputs keep their shape), a weight shared by several nodes, unknown shapes,
+grouped (non-depthwise) convolutions, other ops. Such layers are left alone with the reason.
 
 Importance of a unit: the L1 or L2 norm of its weights (output row of the producer), or, data-driven, the mean
 absolute activation of its output on sample inputs. The lowest-importance units go; at least one always stays.
@@ -19,6 +24,7 @@ absolute activation of its output on sample inputs. The lowest-importance units 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +32,23 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-ELEMENTWISE = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus",
-    "Gelu", "Erf", "Dropout", "Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-}  # fmt: skip
+from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups
+from engine.pruning.importance import aligned, aligned_blocks, group_importance, importance, select
+
+ELEMENTWISE = CHANNEL_WISE - {"BatchNormalization"}
 
 
 class Refused(Exception):
     """This layer cannot be pruned safely; the message says why."""
+
+
+class NeedsBlocks(Exception):  # noqa: N818  (a request, not an error)
+    """A grouped Conv or a channel shuffle downstream needs the kept channels aligned in `blocks` equal blocks
+    (the same channels kept in each block); the selection retries with that constraint."""
+
+    def __init__(self, blocks: int) -> None:
+        super().__init__(f"needs {blocks} aligned blocks")
+        self.blocks = blocks
 
 
 @dataclass
@@ -44,52 +59,7 @@ class Plan:
     slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
     groups: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
     constants: list[tuple[str, np.ndarray]] = field(default_factory=list)
-
-
-class Graph:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in model.graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.outputs = {o.name for o in model.graph.output}
-        self.captured = captured_names(model.graph)  # read inside If/Loop/Scan bodies: those are left untouched
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-            infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-        except Exception:
-            infos = []
-        self.shapes: dict[str, list[int | None]] = {}
-        for v in infos:
-            dims = v.type.tensor_type.shape.dim
-            self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-
-    def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
-
-    def attr(self, node: onnx.NodeProto, name: str, default: Any) -> Any:
-        for a in node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
-
-    def uses(self, name: str) -> int:
-        return len(self.consumers.get(name, []))
-
-
-def captured_names(graph: onnx.GraphProto) -> set[str]:
-    """Names that nodes inside subgraphs (If/Loop/Scan bodies, at any depth) read."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for body in bodies:
-                for inner in body.node:
-                    names.update(i for i in inner.input if i)
-                names |= captured_names(body)
-    return names
+    reshapes: list[tuple[str, int, int]] = field(default_factory=list)  # (shape constant, index, new value)
 
 
 def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
@@ -98,7 +68,9 @@ def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
     for node in g.model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
-            if g.attr(node, "group", 1) == 1 and len(w.dims) >= 3:
+            group = g.attr(node, "group", 1)
+            depthwise = group > 1 and w.dims[1] == 1 and group == w.dims[0]
+            if not depthwise and len(w.dims) >= 3:  # group 1, or grouped (own_blocks: equal cuts per group)
                 out.append((node, node.input[1], 0, int(w.dims[0])))
         elif node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
@@ -111,14 +83,17 @@ def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
     return out
 
 
-def importance(g: Graph, weight: str, axis: int, criterion: str) -> np.ndarray:
-    w = g.array(weight).astype(np.float64)
-    w = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-    return np.abs(w).sum(axis=1) if criterion == "l1" else np.sqrt((w**2).sum(axis=1))
+def own_blocks(g: Graph, node: onnx.NodeProto) -> int:
+    """A grouped Conv's outputs come in `group` blocks: pruned equally (and aligned) across them."""
+    return int(g.attr(node, "group", 1)) if node.op_type == "Conv" else 1
 
 
-def plan_layer(g: Graph, node: onnx.NodeProto, weight: str, axis: int, keep: np.ndarray) -> Plan:
-    """The edits that remove every unit of `node` not in `keep`; raises Refused when that is not safe."""
+def plan_layer(
+    g: Graph, node: onnx.NodeProto, weight: str, axis: int, keep: np.ndarray, groups: Groups | None = None
+) -> Plan:
+    """The edits that remove every unit of `node` not in `keep`; raises Refused when that is not safe. With
+    `groups`, element-wise ops between tensors of this layer's group are followed (the group's other members are
+    planned with the same `keep`)."""
     plan = Plan()
     if g.uses(weight) > 1:
         raise Refused("its weight is shared by several nodes")
@@ -134,11 +109,19 @@ def plan_layer(g: Graph, node: onnx.NodeProto, weight: str, axis: int, keep: np.
         elif node.op_type == "Gemm":
             raise Refused("its bias broadcasts over outputs in a way not handled")
     channel_axis = 1 if node.op_type == "Conv" else -1
-    _follow(g, node.output[0], keep, channel_axis, plan, seen=set())
+    _follow(g, node.output[0], keep, channel_axis, plan, seen=set(), coupled=(groups, weight))
     return plan
 
 
-def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen: set[str]) -> None:
+def _follow(
+    g: Graph,
+    tensor: str,
+    keep: np.ndarray,
+    axis: int,
+    plan: Plan,
+    seen: set[str],
+    coupled: tuple[Groups | None, str] = (None, ""),
+) -> None:
     if tensor in seen:
         return
     seen.add(tensor)
@@ -152,31 +135,18 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
     for user in users:
         op = user.op_type
         if op in ELEMENTWISE:
-            if op == "Clip" and any(i and i not in g.inits for i in user.input[1:]):
+            if op == "Clip" and any(i and i not in g.inits and i not in g.constant_nodes for i in user.input[1:]):
                 raise Refused("a Clip with non-constant bounds")
-            _follow(g, user.output[0], keep, axis, plan, seen)
+            _follow(g, user.output[0], keep, axis, plan, seen, coupled)
         elif op == "BatchNormalization":
             for p in user.input[1:5]:
                 if p not in g.inits or g.uses(p) > 1:
                     raise Refused("a BatchNormalization whose parameters are not its own constants")
                 plan.slices.append((p, 0, keep))
-            _follow(g, user.output[0], keep, axis, plan, seen)
+            _follow(g, user.output[0], keep, axis, plan, seen, coupled)
         elif op == "Conv" and user.input[0] == tensor:
-            w = user.input[1]
-            if w not in g.inits or g.uses(w) > 1:
-                raise Refused("a consumer Conv whose weight is not its own constant")
-            group = g.attr(user, "group", 1)
-            dims = list(g.inits[w].dims)
-            if group == 1:
-                plan.slices.append((w, 1, keep))
-            elif dims[1] == 1 and group == dims[0]:  # depthwise: its channels go with ours
-                plan.slices.append((w, 0, keep))
-                if len(user.input) > 2 and user.input[2]:
-                    plan.slices.append((user.input[2], 0, keep))
-                plan.groups.append((user, w))
-                _follow(g, user.output[0], keep, axis, plan, seen)
-            else:
-                raise Refused(f"a grouped Conv consumer (group {group})")
+            if _into_conv(g, user, keep, plan):  # depthwise: its channels go with ours, on to its output
+                _follow(g, user.output[0], keep, axis, plan, seen, coupled)
         elif op in ("Gemm", "MatMul") and user.input[0] == tensor:
             w = user.input[1]
             if w not in g.inits or g.uses(w) > 1 or len(g.inits[w].dims) != 2:
@@ -188,26 +158,11 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
             if axis not in (-1, len(shape) - 1 if shape else -1):
                 raise Refused(f"channels reach a {op} on a non-feature axis (flatten them first)")
             plan.slices.append((w, 1 if trans else 0, keep))
+        elif op == "Reshape" and axis == 1 and _shuffle(g, user) is not None:
+            _through_shuffle(g, user, keep, plan, seen, coupled)
         elif op in ("Flatten", "Reshape") and axis == 1:
-            shape = g.shapes.get(tensor)
-            dims = [d for d in (shape or [])[1:] if d is not None]
-            if not shape or len(dims) != len(shape) - 1:
-                raise Refused(f"the shape before {op} is not known")
-            spatial = int(np.prod(dims[1:])) if len(dims) > 1 else 1
-            if op == "Flatten" and g.attr(user, "axis", 1) != 1:
-                raise Refused("a Flatten that is not on axis 1")
-            if op == "Reshape":
-                target = user.input[1]
-                if target not in g.inits or g.uses(target) > 1:
-                    raise Refused("a Reshape whose shape is not its own constant")
-                value = g.array(target)
-                features = dims[0] * spatial
-                if len(value) != 2 or value[1] not in (-1, features):
-                    raise Refused(f"a Reshape to {value.tolist()} (only [N, features] is handled)")
-            expanded = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
-            if op == "Reshape" and g.array(user.input[1])[1] != -1:
-                plan.constants.append((user.input[1], expanded))
-            _follow(g, user.output[0], expanded, -1, plan, seen)
+            expanded = _to_features(g, user, tensor, keep, plan)
+            _after_regrouping(g, user.output[0], expanded, -1, plan, seen, coupled, f"{op} to features")
         elif op == "Concat":
             rank = len(g.shapes.get(tensor) or [])
             cat_axis = g.attr(user, "axis", 0)
@@ -220,11 +175,157 @@ def _follow(g: Graph, tensor: str, keep: np.ndarray, axis: int, plan: Plan, seen
                     raise Refused("a Concat input of unknown size")
                 kept.append(offset + keep if inp == tensor else offset + np.arange(size))
                 offset += size
-            _follow(g, user.output[0], np.concatenate(kept), axis, plan, seen)
-        elif op in ("Add", "Sub", "Mul", "Div", "Sum"):
-            raise Refused(f"its channels are coupled through {op} {user.name or user.output[0]!r} (e.g. a residual)")
+            _after_regrouping(g, user.output[0], np.concatenate(kept), axis, plan, seen, coupled, "a Concat")
+        elif op in BINARY:
+            _through_binary(g, user, tensor, keep, axis, plan, coupled)
+            _follow(g, user.output[0], keep, axis, plan, seen, coupled)
+        elif op in ("Softmax", "LogSoftmax", "LRN"):
+            across = "neighbouring channels" if op == "LRN" else "all channels (a classifier's output)"
+            raise Refused(
+                f"{op} {user.name or user.output[0]!r} normalises across {across}: removing some changes the rest"
+            )
         else:
             raise Refused(f"consumer {op} {user.name or user.output[0]!r} is not handled")
+
+
+def _into_conv(g: Graph, user: onnx.NodeProto, keep: np.ndarray, plan: Plan) -> bool:
+    """A Conv reading our channels: group 1 drops its input channels; depthwise drops whole channels (True: follow
+    its output); grouped drops the same channels from every group (they must be aligned: else NeedsBlocks)."""
+    w = user.input[1]
+    if w not in g.inits or g.uses(w) > 1:
+        raise Refused("a consumer Conv whose weight is not its own constant")
+    group = g.attr(user, "group", 1)
+    dims = list(g.inits[w].dims)
+    if group == 1:
+        plan.slices.append((w, 1, keep))
+        return False
+    if dims[1] == 1 and group == dims[0]:
+        plan.slices.append((w, 0, keep))
+        if len(user.input) > 2 and user.input[2]:
+            plan.slices.append((user.input[2], 0, keep))
+        plan.groups.append((user, w))
+        return True
+    if not aligned(keep, group * dims[1], group):
+        raise NeedsBlocks(group)
+    plan.slices.append((w, 1, keep[keep < dims[1]]))
+    return False
+
+
+def _to_features(g: Graph, user: onnx.NodeProto, tensor: str, keep: np.ndarray, plan: Plan) -> np.ndarray:
+    """Through Flatten, or a Reshape to [N, features], after a Conv: each channel is a block of H*W features."""
+    op = user.op_type
+    shape = g.shapes.get(tensor)
+    dims = [d for d in (shape or [])[1:] if d is not None]
+    if not shape or len(dims) != len(shape) - 1:
+        raise Refused(f"the shape before {op} is not known")
+    spatial = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    if op == "Flatten" and g.attr(user, "axis", 1) != 1:
+        raise Refused("a Flatten that is not on axis 1")
+    if op == "Reshape":
+        target = user.input[1]
+        if target not in g.inits or g.uses(target) > 1:
+            raise Refused("a Reshape whose shape is not its own constant")
+        value = g.array(target)
+        if len(value) != 2 or value[1] not in (-1, dims[0] * spatial):
+            raise Refused(f"a Reshape to {value.tolist()} (only [N, features] is handled)")
+    expanded = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
+    if op == "Reshape" and g.array(user.input[1])[1] != -1:
+        plan.constants.append((user.input[1], expanded))
+    return expanded
+
+
+def _after_regrouping(
+    g: Graph,
+    tensor: str,
+    keep: np.ndarray,
+    axis: int,
+    plan: Plan,
+    seen: set[str],
+    coupled: tuple[Groups | None, str],
+    what: str,
+) -> None:
+    """Follow past an op that moves channels to other indices (Concat offsets, Flatten blocks): a grouped Conv
+    further on cannot be served by aligning our channels any more."""
+    try:
+        _follow(g, tensor, keep, axis, plan, seen, coupled)
+    except NeedsBlocks as need:
+        raise Refused(f"a grouped Conv (or shuffle) after {what} needs {need.blocks} aligned blocks there") from None
+
+
+def _shuffle(g: Graph, first: onnx.NodeProto) -> tuple[int, onnx.NodeProto, onnx.NodeProto] | None:
+    """A channel shuffle: Reshape [N, G, C/G, ...] -> Transpose swapping axes 1 and 2 -> Reshape [N, C, ...], each
+    the only consumer of the one before, the shapes own constants. (G, transpose, last reshape) or None."""
+    if first.input[1] not in g.inits or g.uses(first.input[1]) > 1:
+        return None
+    shape = g.array(first.input[1])
+    nexts = g.consumers.get(first.output[0], [])
+    if len(shape) < 4 or len(nexts) != 1 or nexts[0].op_type != "Transpose":
+        return None
+    transpose = nexts[0]
+    perm = list(g.attr(transpose, "perm", []))
+    if perm[:3] != [0, 2, 1] or perm[3:] != list(range(3, len(perm))):
+        return None
+    lasts = g.consumers.get(transpose.output[0], [])
+    if len(lasts) != 1 or lasts[0].op_type != "Reshape" or lasts[0].input[1] not in g.inits:
+        return None
+    if g.uses(lasts[0].input[1]) > 1 or len(g.array(lasts[0].input[1])) != len(shape) - 1 or shape[1] <= 0:
+        return None
+    return int(shape[1]), transpose, lasts[0]
+
+
+def _through_shuffle(
+    g: Graph, first: onnx.NodeProto, keep: np.ndarray, plan: Plan, seen: set[str], coupled: tuple[Groups | None, str]
+) -> None:
+    """Our channels through a channel shuffle: kept the same in each of the G blocks, they stay whole columns of the
+    [G, C/G] grid, land at i * G + g, and the two shape constants shrink; a need for B aligned blocks after it is
+    a need for G * B blocks before it."""
+    found = _shuffle(g, first)
+    assert found is not None
+    groups_, _, last = found
+    shape, flat = g.array(first.input[1]), g.array(last.input[1])
+    channels = int(shape[1] * shape[2]) if shape[2] > 0 else None
+    if channels is None or not aligned(keep, channels, groups_):
+        raise NeedsBlocks(groups_)
+    rel = keep[keep < channels // groups_]
+    plan.reshapes.append((first.input[1], 2, len(rel)))
+    if flat[1] > 0:
+        plan.reshapes.append((last.input[1], 1, len(rel) * groups_))
+    after = np.sort((rel[:, None] * groups_ + np.arange(groups_)[None, :]).ravel())
+    try:
+        _follow(g, last.output[0], after, 1, plan, seen, coupled)
+    except NeedsBlocks as need:
+        raise NeedsBlocks(need.blocks * groups_) from None
+
+
+def _through_binary(
+    g: Graph,
+    user: onnx.NodeProto,
+    tensor: str,
+    keep: np.ndarray,
+    axis: int,
+    plan: Plan,
+    coupled: tuple[Groups | None, str],
+) -> None:
+    """An element-wise op on our channels: its constant operands are sliced along the channel axis (a per-channel
+    constant) or left (broadcast size 1); its other tensor operands must carry the same group's channels."""
+    groups, weight = coupled
+    label = f"{user.op_type} {user.name or user.output[0]!r}"
+    variable = [i for i in user.input if i and i not in g.inits]
+    if len(variable) > 1 and (groups is None or not groups.same(variable, weight)):
+        raise Refused(f"its channels are coupled through {label} with a tensor of another group (e.g. a residual)")
+    rank = len(g.shapes.get(tensor) or [])
+    for c in (i for i in user.input if i in g.inits):
+        dims = list(g.inits[c].dims)
+        if not dims or all(d == 1 for d in dims):
+            continue  # a scalar or an all-broadcast constant
+        if rank == 0:
+            raise Refused(f"{label}: the rank of its input is not known, so its constant cannot be aligned")
+        at = (axis % rank) - (rank - len(dims))  # numpy broadcasting aligns trailing axes
+        if at < 0 or dims[at] == 1:
+            continue
+        if g.uses(c) > 1:
+            raise Refused(f"{label}: its per-channel constant {c!r} is shared by several nodes")
+        plan.slices.append((c, at, keep))
 
 
 def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
@@ -251,6 +352,11 @@ def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
         value[1] -= len(gone)
         arrays[name] = value
     for plan in plans:
+        for name, index, new in plan.reshapes:
+            changed = arrays.get(name, numpy_helper.to_array(by_name[name])).copy()
+            changed[index] = new
+            arrays[name] = changed
+    for plan in plans:
         for node, weight in plan.groups:
             for a in node.attribute:
                 if a.name == "group":
@@ -258,6 +364,38 @@ def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
     for name, array in arrays.items():
         by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
     del model.graph.value_info[:]  # shapes changed: let ONNX Runtime infer them again
+
+
+def _plan_group(
+    g: Graph,
+    members: list[str],
+    by_weight: dict[str, tuple[onnx.NodeProto, int, int]],
+    scores: np.ndarray,
+    ratio: float,
+    blocks: int,
+    groups: Groups,
+) -> tuple[list[Plan] | str, np.ndarray]:
+    """Plans for every member with one kept set; a grouped Conv or shuffle downstream asking for aligned blocks
+    makes the selection retry under that constraint. (plans, keep), or (the reason to leave the group, empty)."""
+    units = len(scores)
+    while True:
+        if units % blocks:
+            return (
+                f"its {units} channels do not split into the {blocks} aligned blocks its grouped convolutions need",
+                np.array([]),
+            )
+        keep = select(scores, ratio, blocks)
+        if keep is None:
+            return f"{units} unit(s) in {blocks} block(s): the ratio removes none", np.array([])
+        try:
+            return [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keep, groups) for w in members], keep
+        except Refused as exc:
+            return str(exc), np.array([])
+        except NeedsBlocks as need:
+            wider = math.lcm(blocks, need.blocks)
+            if wider == blocks:
+                return f"a grouped Conv downstream needs {need.blocks} aligned blocks it cannot get", np.array([])
+            blocks = wider
 
 
 def prune_structured(
@@ -269,33 +407,60 @@ def prune_structured(
     exclude_ops: set[str],
     activation_scores: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Prune `model` in place. Returns (rows for the pruned layers, layers left alone with the reason)."""
+    """Prune `model` in place, group by group. Returns (rows for the pruned layers, layers left alone with the
+    reason). A group's ratio is the first of its members' entries in `ratios`, else `ratio`; excluding one member
+    leaves its whole group alone."""
     g = Graph(model)
-    rows, alone, plans = [], [], []
-    for node, weight, axis, units in producers(g):
-        label = node.name or node.output[0]
-        target = ratios[weight] if ratios and weight in ratios else ratio
+    layers = producers(g)
+    groups = g.groups(layers)
+    by_weight = {weight: (node, axis, units) for node, weight, axis, units in layers}
+    rows: list[dict[str, Any]] = []
+    alone: list[dict[str, str]] = []
+    plans: list[Plan] = []
+    for root, members in groups.members().items():
+        labels = {w: by_weight[w][0].name or by_weight[w][0].output[0] for w in members}
+        together = f" (with {len(members) - 1} coupled layer(s) of its group)" if len(members) > 1 else ""
+
+        def leave(why: str) -> None:
+            alone.extend({"layer": labels[w], "weight": w, "why": why + together} for w in members)  # noqa: B023
+
+        target = next((ratios[w] for w in members if ratios and w in ratios), ratio)
         if target is None:
             continue
-        if weight in exclude or node.name in exclude or node.op_type in exclude_ops:
-            alone.append({"layer": label, "weight": weight, "why": "excluded by params"})
+        excluded = [w for w in members if w in exclude or by_weight[w][0].name in exclude]
+        excluded += [w for w in members if by_weight[w][0].op_type in exclude_ops]
+        if excluded:
+            leave(
+                "excluded by params"
+                if excluded[0] == root or len(members) == 1
+                else f"{labels[excluded[0]]} is excluded by params"
+            )
             continue
-        remove = min(int(np.floor(target * units)), units - 1)  # never the last unit
-        if remove <= 0:
-            alone.append({"layer": label, "weight": weight, "why": f"{units} unit(s): the ratio removes none"})
+        if root in groups.blocked:
+            leave(groups.blocked[root])
             continue
-        if activation_scores is not None and node.output[0] in activation_scores:
-            scores, how = activation_scores[node.output[0]], "mean |activation|"
-        else:
-            scores, how = importance(g, weight, axis, criterion), criterion.upper() + " norm"
-        keep = np.sort(np.argsort(scores, kind="stable")[remove:])
-        try:
-            plan = plan_layer(g, node, weight, axis, keep)
-        except Refused as exc:
-            alone.append({"layer": label, "weight": weight, "why": str(exc)})
+        scores, how = [], ""
+        for w in members:
+            node, axis, _ = by_weight[w]
+            if activation_scores is not None and node.output[0] in activation_scores:
+                scores.append(activation_scores[node.output[0]])
+                how = "mean |activation|"
+            else:
+                scores.append(importance(g.array(w), axis, criterion))
+                how = how or criterion.upper() + " norm"
+        if len(members) > 1:
+            how += f", group of {len(members)}"
+        blocks = math.lcm(*(own_blocks(g, by_weight[w][0]) for w in members))
+        planned, keep = _plan_group(g, members, by_weight, group_importance(scores), target, blocks, groups)
+        if isinstance(planned, str):
+            leave(planned)
             continue
-        plans.append(plan)
-        rows.append({"layer": label, "weight": weight, "op": node.op_type, "units_before": units,
-                     "units_after": int(len(keep)), "importance": how})  # fmt: skip
+        if len(keep) and len(keep) < by_weight[root][2] and aligned_blocks(keep, by_weight[root][2]) > 1:
+            how += f", aligned in {aligned_blocks(keep, by_weight[root][2])} blocks"
+        plans += planned
+        for w in members:
+            node, _, n = by_weight[w]
+            rows.append({"layer": labels[w], "weight": w, "op": node.op_type, "units_before": n,
+                         "units_after": int(len(keep)), "importance": how, "group": labels[root]})  # fmt: skip
     apply(model, plans)
     return rows, alone

@@ -183,10 +183,12 @@ def _conv(rng, cout, cin, k=3, zero=()):
 def residual_concat_cnn(path: Path, zero: bool) -> Path:
     """conv_a -> relu -> conv_b -> Add(residual) -> relu -> [conv_c | conv_d] -> Concat -> depthwise -> conv_e ->
     relu -> GlobalAveragePool -> Flatten -> Gemm. With `zero`, some channels of c, d and e are all-zero (and
-    their biases 0): removing exactly those must leave the output unchanged."""
+    their biases 0), and conv_a and conv_b (coupled by the residual Add: one group) share four all-zero channels:
+    removing exactly those must leave the output unchanged."""
     rng = np.random.default_rng(2)
     inits = {
-        "wa": _conv(rng, 8, 3), "wb": _conv(rng, 8, 8),
+        "wa": _conv(rng, 8, 3, zero=(1, 4, 6, 7) if zero else ()),
+        "wb": _conv(rng, 8, 8, zero=(1, 4, 6, 7) if zero else ()),
         "wc": _conv(rng, 4, 8, zero=(1, 3) if zero else ()), "wd": _conv(rng, 4, 8, zero=(0, 2) if zero else ()),
         "wdw": rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "bdw": np.zeros(8, np.float32),
         "we": _conv(rng, 6, 8, zero=(0, 4, 5) if zero else ()), "be": np.zeros(6, np.float32),
@@ -247,7 +249,15 @@ def test_structured_mlp_removes_neurons_and_the_rows_that_read_them(tmp_path) ->
     shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
     assert shapes == {"w1": [64, 64], "b1": [64], "w2": [64, 10], "b2": [10]}
     assert report["layers"] == [
-        {"layer": "fc1", "weight": "w1", "op": "Gemm", "units_before": 128, "units_after": 64, "importance": "L1 norm"}
+        {
+            "layer": "fc1",
+            "weight": "w1",
+            "op": "Gemm",
+            "units_before": 128,
+            "units_after": 64,
+            "importance": "L1 norm",
+            "group": "fc1",
+        }
     ]
     assert report["left_alone"][0]["layer"] == "fc2" and "graph output" in report["left_alone"][0]["why"]
     assert report["parameters"]["original"] - report["parameters"]["pruned"] == 64 * 64 + 64 + 64 * 10
@@ -293,12 +303,14 @@ def test_structured_residual_and_concat(tmp_path) -> None:
     report, produced = _structured(tmp_path, zeroed, ratio=0.5)
     pruned = {r["layer"]: r for r in report["layers"]}
     alone = {a["layer"]: a["why"] for a in report["left_alone"]}
-    assert set(pruned) == {"conv_c", "conv_d", "conv_e"}  # through the Concat, the depthwise conv, GAP and Flatten
-    assert "residual" in alone["conv_a"] and "residual" in alone["conv_b"]  # coupled through the Add: left alone
+    # through the Concat, the depthwise conv, GAP and Flatten; conv_a and conv_b as one group (the residual Add)
+    assert set(pruned) == {"conv_a", "conv_b", "conv_c", "conv_d", "conv_e"}
+    assert pruned["conv_a"]["group"] == pruned["conv_b"]["group"] and "group of 2" in pruned["conv_b"]["importance"]
     assert "graph output" in alone["fc"]
     shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
-    assert shapes["wc"] == [2, 8, 3, 3] and shapes["wd"] == [2, 8, 3, 3] and shapes["wdw"] == [4, 1, 3, 3]
-    assert shapes["we"] == [3, 4, 3, 3] and shapes["wf"] == [10, 3] and shapes["wa"] == [8, 3, 3, 3]
+    assert shapes["wc"] == [2, 4, 3, 3] and shapes["wd"] == [2, 4, 3, 3] and shapes["wdw"] == [4, 1, 3, 3]
+    assert shapes["we"] == [3, 4, 3, 3] and shapes["wf"] == [10, 3] and shapes["wa"] == [4, 3, 3, 3]
+    assert shapes["wb"] == [4, 4, 3, 3]
     group = next(
         a.i
         for n in onnx.load(str(produced)).graph.node
@@ -308,6 +320,90 @@ def test_structured_residual_and_concat(tmp_path) -> None:
     )
     assert group == 4
     np.testing.assert_allclose(_outputs(produced, x), _outputs(zeroed, x), rtol=1e-5, atol=1e-5)
+
+
+def test_per_channel_constants_are_sliced_and_a_residual_with_an_input_is_refused(tmp_path) -> None:
+    """conv_a -> Mul [C,1,1] -> Add [C,1,1] (a BatchNorm exported as Mul + Add, DenseNet's) -> PRelu [C,1,1] ->
+    conv_b -> GAP -> Flatten -> Gemm: the constants are sliced with the channels, and removing conv_a's all-zero
+    channels (zero scale-shifted to 0 by a zero shift) leaves the output unchanged. A conv whose output is added to
+    the graph's input stays whole: nothing prunable produces the other side of that Add."""
+    rng = np.random.default_rng(4)
+    zero = (0, 3, 5)
+    shift = rng.standard_normal((6, 1, 1)).astype(np.float32)
+    shift[list(zero)] = 0.0
+    inits = {
+        "wa": _conv(rng, 6, 3, zero=zero), "scale": rng.standard_normal((6, 1, 1)).astype(np.float32),
+        "shift": shift, "slope": np.full((6, 1, 1), 0.1, np.float32), "wb": _conv(rng, 4, 6),
+        "wr": _conv(rng, 3, 3), "wf": rng.standard_normal((10, 4)).astype(np.float32),
+    }  # fmt: skip
+    pad = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "wr"], ["r"], name="conv_r", **pad),
+        helper.make_node("Add", ["r", "x"], ["xr"], name="input_residual"),
+        helper.make_node("Conv", ["xr", "wa"], ["a"], name="conv_a", **pad),
+        helper.make_node("Mul", ["a", "scale"], ["m"], name="bn_mul"),
+        helper.make_node("Add", ["m", "shift"], ["s"], name="bn_add"),
+        helper.make_node("PRelu", ["s", "slope"], ["p"], name="prelu"),
+        helper.make_node("Conv", ["p", "wb"], ["b"], name="conv_b", **pad),
+        helper.make_node("GlobalAveragePool", ["b"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc"),
+    ]
+    model = _model(tmp_path / "bn.onnx", nodes, inits, ["N", 3, 8, 8], ["N", 10])
+    report, _ = _structured(tmp_path, model, ratio=0.5)
+    alone = {a["layer"]: a["why"] for a in report["left_alone"]}
+    assert {r["layer"] for r in report["layers"]} == {"conv_a", "conv_b"}, report["left_alone"]
+    assert "input_residual" in alone["conv_r"] and "no prunable layer produces" in alone["conv_r"]
+    report, produced = _structured(tmp_path, model, ratios={"wa": 0.5})  # conv_a alone: its zero channels go
+    assert [r["layer"] for r in report["layers"]] == ["conv_a"]
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes["scale"] == shapes["shift"] == shapes["slope"] == [3, 1, 1] and shapes["wb"] == [4, 3, 3, 3]
+    x = np.random.default_rng(5).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exactly(tmp_path) -> None:
+    """ShuffleNet's unit in small: a grouped 1x1 conv (group 2, 8 outputs) -> Relu -> channel shuffle (Reshape
+    [N, 2, 4, H, W], Transpose, Reshape) -> depthwise 3x3 -> grouped 1x1 conv (group 2) -> GAP -> Gemm. The
+    grouped consumer after the shuffle needs the same channels kept in each of 2 x 2 = 4 blocks of the producer;
+    with those channels all-zero, removing them leaves the output unchanged, and the shapes and the shuffle's
+    constants shrink consistently."""
+    rng = np.random.default_rng(7)
+    wg = rng.standard_normal((8, 2, 1, 1)).astype(np.float32)
+    wg[[1, 3, 5, 7]] = 0.0  # the second channel of each of the four blocks
+    inits = {
+        "wg": wg, "s5": np.array([0, 2, 4, 6, 6], np.int64), "s4": np.array([0, 8, 6, 6], np.int64),
+        "wdw": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+        "wc": rng.standard_normal((6, 4, 1, 1)).astype(np.float32),
+        "wf": rng.standard_normal((10, 6)).astype(np.float32),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "wg"], ["g"], group=2, name="gconv"),
+        helper.make_node("Relu", ["g"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "s5"], ["r5"], name="split_groups"),
+        helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4], name="shuffle"),
+        helper.make_node("Reshape", ["t5", "s4"], ["sh"], name="merge_groups"),
+        helper.make_node("Conv", ["sh", "wdw"], ["dw"], group=8, pads=[1, 1, 1, 1], name="depthwise"),
+        helper.make_node("Conv", ["dw", "wc"], ["c"], group=2, name="gconv_out"),
+        helper.make_node("GlobalAveragePool", ["c"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc"),
+    ]
+    model = _model(tmp_path / "shuffle.onnx", nodes, inits, ["N", 4, 6, 6], ["N", 10])
+    report, produced = _structured(tmp_path, model, ratios={"wg": 0.5})
+    assert [r["layer"] for r in report["layers"]] == ["gconv"], report["left_alone"]
+    assert "aligned in 4 blocks" in report["layers"][0]["importance"]
+    pruned = onnx.load(str(produced))
+    shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer}
+    assert shapes["wg"] == [4, 2, 1, 1] and shapes["wdw"] == [4, 1, 3, 3] and shapes["wc"] == [6, 2, 1, 1]
+    assert values["s5"] == [0, 2, 2, 6, 6] and values["s4"] == [0, 4, 6, 6]
+    x = np.random.default_rng(8).standard_normal((3, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(model, x), rtol=1e-5, atol=1e-5)
+    # the whole model at 0.5: gconv_out (group 2) is pruned too, in equal halves of its groups
+    report, produced = _structured(tmp_path, model, ratio=0.5)
+    assert {r["layer"] for r in report["layers"]} == {"gconv", "gconv_out"}
+    assert _outputs(produced, x).shape == (3, 10)
 
 
 def test_structured_activation_criterion_uses_the_data(tmp_path) -> None:
@@ -418,3 +514,31 @@ def test_unknown_exclude_names_are_refused(tmp_path) -> None:
         with pytest.raises(EngineError) as exc:
             _structured(tmp_path, model, method=method, ratio=0.5, exclude=["fc9"])
         assert exc.value.code == "unknown_layer" and "fc9" in exc.value.detail
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "shufflenet"])
+def test_real_architectures_prune_in_dependency_groups(tmp_path, name) -> None:
+    """Architectures nobody here designed (onnx's backend test data, random weights at their shapes), structured
+    pruning at 0.3: ResNet-50's residual stages go as groups (a BatchNorm-as-Mul+Add DenseNet and ShuffleNet's
+    grouped convolutions with channel shuffles are followed, not refused), ONNX Runtime runs the result and the
+    output keeps its shape."""
+    from engine.pruning.structured import prune_structured
+
+    path = onnx_models.light(name, tmp_path / f"{name}.onnx")
+    before = check_and_inspect(str(path))
+    model = onnx.load(str(path))
+    rows, alone = prune_structured(model, 0.3, None, "l1", set(), set())
+    out = tmp_path / "pruned.onnx"
+    onnx.save(model, str(out))
+    after = check_and_inspect(str(out))
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    shapes = [ort.InferenceSession(str(p)).run(None, {before.inputs[0].name: x})[0].shape for p in (path, out)]
+    assert shapes[0] == shapes[1]
+    ratio = after.parameter_count / before.parameter_count
+    sizes = {r["group"]: sum(1 for s in rows if s["group"] == r["group"]) for r in rows}
+    if name == "resnet50":
+        assert ratio < 0.6 and max(sizes.values()) >= 4 and len(alone) == 1  # only the classifier stays whole
+    elif name == "densenet121":
+        assert ratio < 0.6 and len(rows) == 120
+    else:  # grouped convolutions and shuffles: some layers pruned, the rest left with named reasons
+        assert ratio < 0.9 and any("aligned in" in r["importance"] for r in rows) and all(a["why"] for a in alone)

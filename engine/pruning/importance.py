@@ -1,0 +1,51 @@
+"""How much a group matters and which channels go: per-unit weight norms, a group's score from its members', and
+the selection (the lowest-scoring channels, optionally the same ones from each of several aligned blocks, as
+grouped convolutions and channel shuffles need)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def importance(weights: np.ndarray, axis: int, criterion: str) -> np.ndarray:
+    """L1 or L2 norm of each output unit's weights (the unit's slice along `axis`)."""
+    w = weights.astype(np.float64)
+    w = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    return np.abs(w).sum(axis=1) if criterion == "l1" else np.sqrt((w**2).sum(axis=1))
+
+
+def group_importance(scores: list[np.ndarray]) -> np.ndarray:
+    """One score per channel of a group: each member's scores divided by their mean (a wide layer's large norms
+    do not drown a narrow one's), averaged over the members."""
+    normalised = [s / (s.mean() or 1.0) for s in scores]
+    return np.mean(normalised, axis=0)
+
+
+def aligned(keep: np.ndarray, channels: int, blocks: int) -> bool:
+    """`keep` (sorted channel indices of `channels`) keeps the same relative channels in each of `blocks` blocks."""
+    if blocks <= 1:
+        return True
+    if channels % blocks:
+        return False
+    size = channels // blocks
+    first = keep[keep < size]
+    return len(keep) == blocks * len(first) and np.array_equal(
+        keep, (np.arange(blocks)[:, None] * size + first[None, :]).ravel()
+    )
+
+
+def aligned_blocks(keep: np.ndarray, channels: int) -> int:
+    """The largest block count `keep` is aligned in (1: no block structure)."""
+    return max((b for b in range(1, channels + 1) if channels % b == 0 and aligned(keep, channels, b)), default=1)
+
+
+def select(scores: np.ndarray, ratio: float, blocks: int) -> np.ndarray | None:
+    """The kept channels: the lowest-scoring `ratio` go, at least one stays; with `blocks`, the same relative
+    channels go from every block (scores summed over the blocks). None when the ratio removes none."""
+    size = len(scores) // blocks
+    per_block = scores.reshape(blocks, size).sum(axis=0)
+    remove = min(int(np.floor(ratio * size)), size - 1)
+    if remove <= 0:
+        return None
+    rel = np.sort(np.argsort(per_block, kind="stable")[remove:])
+    return (np.arange(blocks)[:, None] * size + rel[None, :]).ravel()
