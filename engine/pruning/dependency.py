@@ -39,7 +39,11 @@ class Graph:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in model.graph.output}
-        self.constant_nodes = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
+        self.constant_nodes = {  # Constant nodes' values: operands as fixed as initializers (a Gelu's sqrt(2))
+            n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+            for n in model.graph.node
+            if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value"
+        }
         self.captured = captured_names(model.graph)  # read inside If/Loop/Scan bodies: those are left untouched
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
@@ -67,7 +71,8 @@ class Graph:
         """The dependency groups of `layers` (node, weight, axis, units), computed once."""
         if not hasattr(self, "_groups"):
             outputs = {node.output[0]: weight for node, weight, _, _ in layers}
-            self._groups = Groups(self.model.graph, self.inits, outputs, {w: u for _, w, _, u in layers})
+            fixed = set(self.constant_nodes)
+            self._groups = Groups(self.model.graph, self.inits, outputs, {w: u for _, w, _, u in layers}, fixed)
         return self._groups
 
 
@@ -93,6 +98,7 @@ class Groups:
         inits: dict[str, onnx.TensorProto],
         layers: dict[str, str],
         units: dict[str, int],
+        fixed: set[str] | None = None,
     ) -> None:
         """`layers`: output tensor -> weight name of every prunable layer; `units`: weight name -> unit count."""
         self.parent = {w: w for w in layers.values()}
@@ -111,7 +117,7 @@ class Groups:
                 if node.input[0] in self.space:
                     self.space[out] = self.space[node.input[0]]
             elif node.op_type in BINARY:
-                self._couple(node, [i for i in node.input if i and i not in inits])
+                self._couple(node, [i for i in node.input if i and i not in inits and i not in (fixed or set())])
 
     def _couple(self, node: onnx.NodeProto, variable: list[str]) -> None:
         tracked = [i for i in variable if i in self.space]

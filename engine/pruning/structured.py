@@ -310,12 +310,13 @@ def _through_binary(
     constant) or left (broadcast size 1); its other tensor operands must carry the same group's channels."""
     groups, weight = coupled
     label = f"{user.op_type} {user.name or user.output[0]!r}"
-    variable = [i for i in user.input if i and i not in g.inits]
+    fixed = {i: list(g.inits[i].dims) for i in user.input if i in g.inits}
+    fixed |= {i: list(g.constant_nodes[i].shape) for i in user.input if i in g.constant_nodes}
+    variable = [i for i in user.input if i and i not in fixed]
     if len(variable) > 1 and (groups is None or not groups.same(variable, weight)):
         raise Refused(f"its channels are coupled through {label} with a tensor of another group (e.g. a residual)")
     rank = len(g.shapes.get(tensor) or [])
-    for c in (i for i in user.input if i in g.inits):
-        dims = list(g.inits[c].dims)
+    for c, dims in fixed.items():
         if not dims or all(d == 1 for d in dims):
             continue  # a scalar or an all-broadcast constant
         if rank == 0:
@@ -323,6 +324,8 @@ def _through_binary(
         at = (axis % rank) - (rank - len(dims))  # numpy broadcasting aligns trailing axes
         if at < 0 or dims[at] == 1:
             continue
+        if c not in g.inits:
+            raise Refused(f"{label}: its per-channel constant {c!r} is a Constant node (run simplify first)")
         if g.uses(c) > 1:
             raise Refused(f"{label}: its per-channel constant {c!r} is shared by several nodes")
         plan.slices.append((c, at, keep))

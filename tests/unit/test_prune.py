@@ -542,3 +542,51 @@ def test_real_architectures_prune_in_dependency_groups(tmp_path, name) -> None:
         assert ratio < 0.6 and len(rows) == 120
     else:  # grouped convolutions and shuffles: some layers pruned, the rest left with named reasons
         assert ratio < 0.9 and any("aligned in" in r["importance"] for r in rows) and all(a["why"] for a in alone)
+
+
+def test_ffn_neurons_prune_through_an_erf_gelu_with_constant_nodes(tmp_path) -> None:
+    """A transformer's feed-forward block as PyTorch exports it: MatMul -> Add(bias) -> Gelu spelled with Erf and
+    Constant-node scalars (x * 0.5 * (1 + erf(x / sqrt 2))) -> MatMul -> Add(bias) -> Add(residual). The
+    intermediate neurons prune (the Gelu's Mul between x and erf(x) is inside their own group); the residual
+    stream (the second MatMul's outputs) stays whole. All-zero neurons removed: the output is unchanged."""
+    rng = np.random.default_rng(9)
+    w1 = rng.standard_normal((8, 16)).astype(np.float32)
+    b1 = rng.standard_normal(16).astype(np.float32)
+    w1[:, [2, 5, 9, 11]] = 0.0
+    b1[[2, 5, 9, 11]] = 0.0
+    inits = {"w1": w1, "b1": b1, "w2": rng.standard_normal((16, 8)).astype(np.float32), "b2": np.zeros(8, np.float32)}
+
+    def const(name: str, value: float) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.array(value, np.float32)))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="intermediate"),
+        helper.make_node("Add", ["b1", "h"], ["hb"], name="bias1"),
+        const("sqrt2", 2**0.5), const("one", 1.0), const("half", 0.5),
+        helper.make_node("Div", ["hb", "sqrt2"], ["d"], name="gelu_div"),
+        helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        helper.make_node("Mul", ["hb", "e1"], ["m"], name="gelu_mul"),
+        helper.make_node("Mul", ["m", "half"], ["gelu"], name="gelu_half"),
+        helper.make_node("MatMul", ["gelu", "w2"], ["o"], name="output_dense"),
+        helper.make_node("Add", ["o", "b2"], ["ob"], name="bias2"),
+        helper.make_node("Add", ["ob", "x"], ["y"], name="residual"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "ffn.onnx"
+    onnx.save(model, str(path))
+    report, produced = _structured(tmp_path, path, ratio=0.25)
+    assert [r["layer"] for r in report["layers"]] == ["intermediate"], report["left_alone"]
+    assert "residual" in {a["layer"]: a["why"] for a in report["left_alone"]}["output_dense"]
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes["w1"] == [8, 12] and shapes["b1"] == [12] and shapes["w2"] == [12, 8]
+    x = np.random.default_rng(10).standard_normal((3, 4, 8)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(path, x), rtol=1e-5, atol=1e-5)
