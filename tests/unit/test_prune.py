@@ -458,6 +458,22 @@ def test_sensitivity_scan_chooses_ratios_within_the_budget(tmp_path) -> None:
         validate(check_and_inspect(str(model)), {}, PruneParams(method="sensitivity"))
 
 
+def test_sensitivity_scans_a_residual_group_as_one(tmp_path) -> None:
+    """conv_a and conv_b are one group (the residual Add): the scan prunes them together, one row per ratio, and
+    the chosen ratio applies to both; without labels the budget is the output cosine."""
+    model = residual_concat_cnn(tmp_path / "r.onnx", zero=True)
+    x = np.random.default_rng(5).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    evald = data_files.npz(tmp_path / "e.npz", x=x)
+    params = {"method": "sensitivity", "sensitivity_ratios": [0.5], "min_output_cosine": 0.999, **PARAMS}
+    report = run_in_child("prune", _inputs(tmp_path, model, eval=evald), params)["report"]
+    scan = {r["layer"]: r for r in report["sensitivity"]["scan"]}
+    assert "conv_a (group of 2: with conv_b)" in scan and not any(k.startswith("conv_b") for k in scan), scan
+    assert scan["conv_a (group of 2: with conv_b)"]["within_budget"]  # its zeroed channels go: exact
+    assert report["sensitivity"]["chosen_ratios"]["wa"] == 0.5
+    pruned = {r["layer"]: r["units_after"] for r in report["layers"]}
+    assert pruned["conv_a"] == pruned["conv_b"] == 4
+
+
 def test_sensitivity_with_no_room_leaves_the_model_unchanged_and_says_so(tmp_path) -> None:
     model = _redundant_mlp(tmp_path / "m.onnx")
     x = np.random.default_rng(7).standard_normal((300, 32)).astype(np.float32)

@@ -60,15 +60,33 @@ class Judge:
         return f"output cosine >= {g.min_output_cosine:g}"
 
 
+def _groups(original: onnx.ModelProto, params: PruneParams) -> list[tuple[str, str]]:
+    """What the scan prunes, one entry per dependency group (coupled layers lose channels together, so they are
+    scanned together): (label, the weight its ratio is keyed by: the group's first member)."""
+    g = Graph(original)
+    found = producers(g)
+    names = {weight: node.name or node.output[0] for node, weight, *_ in found}
+    layers = []
+    for members in g.groups(found).members().values():
+        if any(w in params.exclude or names[w] in params.exclude for w in members):
+            continue
+        extra = (
+            f" (group of {len(members)}: with {', '.join(names[w] for w in members[1:3])}" if len(members) > 1 else ""
+        )
+        extra += ", ...)" if len(members) > 3 else ")" if extra else ""
+        layers.append((names[members[0]] + extra, members[0]))
+    return layers
+
+
 def sensitivity_prune(
     src: Path, dst: Path, params: PruneParams, judge: Judge, tmp: Path, progress: Progress
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Scan each prunable layer alone at each ratio, choose per-layer ratios, verify the combination."""
+    """Scan each prunable layer (each dependency group) alone at each ratio, choose per-group ratios, verify the
+    combination."""
     original = onnx.load(str(src))
     params.check_names(original)
     base_macs = describe(original).macs_per_sample or 0
-    layers = [(node.name or node.output[0], weight) for node, weight, *_ in producers(Graph(original))]
-    layers = [(n, w) for n, w in layers if w not in params.exclude and n not in params.exclude]
+    layers = _groups(original, params)
     scan: list[dict[str, Any]] = []
     alone: list[dict[str, Any]] = []
     seen_alone: set[str] = set()
