@@ -141,3 +141,26 @@ def test_a_small_cnn_student(tmp_path) -> None:
     assert report["history"]["val_loss"][-1] < report["history"]["val_loss"][0]  # it learns
     produced = onnx.load(str(tmp_path / "out" / "model.distilled.onnx"))
     assert {t.name: list(t.dims) for t in produced.graph.initializer}["w"] == [4, 3, 3, 3]
+
+
+def test_distillation_after_group_pruning_of_a_residual_cnn(tmp_path) -> None:
+    """The auto student of a residual CNN is pruned in dependency groups (the two convs joined by the residual Add
+    lose the same channels); the interpreter trains the pruned graph, Add, Concat and the depthwise conv
+    included, and the student imitates its teacher better after training than before."""
+    import onnxruntime as ort
+
+    from tests.unit.test_prune import residual_concat_cnn
+
+    model = residual_concat_cnn(tmp_path / "res.onnx", zero=False)
+    x = np.random.default_rng(1).standard_normal((320, 3, 8, 8)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)
+    train = data_files.npz(tmp_path / "tr.npz", x=x[:256], y=y[:256])
+    val = data_files.npz(tmp_path / "va.npz", x=x[256:], y=y[256:])
+    params = {**FAST, "ratio": 0.5, "epochs": 30, "alpha": 0.0}
+    report = run_in_child("distill", _inputs(tmp_path, model, train=train, validation=val), params)["report"]
+    pruned = {r["layer"]: r for r in report["student"]["pruned_layers"]}
+    assert pruned["conv_a"]["group"] == pruned["conv_b"]["group"] and pruned["conv_a"]["units_after"] == 4
+    assert report["parameters"]["student"] < report["parameters"]["teacher"]
+    assert report["interpreter_max_difference"] < 1e-3
+    accuracy = report["comparison"]["metrics"]["accuracy"]["candidate"]
+    assert accuracy > report["before_training"]["value"], (accuracy, report["before_training"])
