@@ -69,6 +69,48 @@ def mobilenet_v2_like(path: Path) -> Path:
     return path
 
 
+def bert_from_config(path: Path) -> Path:
+    """A BERT-style encoder built from a transformers BertConfig (4 layers, hidden 256, 8 heads, FFN 1024, random
+    weights), exported by PyTorch like all-MiniLM-L6-v2 (bench/transformers_models.py)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=3000, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+                        intermediate_size=1024, max_position_embeddings=128)  # fmt: skip
+    bert = BertModel(config, add_pooling_layer=False).eval()
+    bert.config._attn_implementation = "eager"
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(0, 3000, (2, 32))
+    with torch.no_grad():
+        torch.onnx.export(Encoder(), (ids, torch.ones_like(ids)), str(path), opset_version=17, dynamo=False,
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "last_hidden_state": {0: "b", 1: "s"}})  # fmt: skip
+    return path
+
+
+def _feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """Random inputs by the signature: images, or token ids with a full mask (batch 1, 32 tokens)."""
+    feeds = {}
+    for spec in session.get_inputs():
+        shape = [d if isinstance(d, int) else (32 if i == 1 else 1) for i, d in enumerate(spec.shape)]
+        if "int" in spec.type:
+            value = 1 if "mask" in spec.name else 5 if "input_ids" in spec.name else 0
+            feeds[spec.name] = np.full(shape, value, np.int64)
+        else:
+            feeds[spec.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return feeds
+
+
 def run(name: str, model: Path, ratio: float, work: Path) -> dict:
     info = check_and_inspect(str(model))
     pruned = onnx.load(str(model))
@@ -79,15 +121,16 @@ def run(name: str, model: Path, ratio: float, work: Path) -> dict:
     onnx.save(pruned, str(out))
     after = check_and_inspect(str(out))
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (model, out)]
-    spec = sessions[0].get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in spec.shape])
-    shapes = [s.run(None, {spec.name: x.astype(np.float32)})[0].shape for s in sessions]
+    feeds = _feeds(sessions[0])
+    shapes = [s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()})[0].shape for s in sessions]
     groups = Counter(r["group"] for r in rows)
     reasons = Counter(a["why"].split(" (with ")[0][:80] for a in alone)
     return {
         "model": name,
         "parameters": after.parameter_count / info.parameter_count,
-        "macs": (after.macs_per_sample or 0) / (info.macs_per_sample or 1),
+        "macs": (after.macs_per_sample / info.macs_per_sample)
+        if info.macs_per_sample and after.macs_per_sample
+        else None,
         "pruned_layers": len(rows),
         "groups": len(groups),
         "largest_group": max(groups.values(), default=0),
@@ -104,6 +147,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="onnxsmith-groups-"))
     models = {name: lambda n=name: onnx_models.light(n, work / f"{n}.onnx") for name in onnx_models.LIGHT_MODELS}
     models["mobilenet_v2_like (PyTorch)"] = lambda: mobilenet_v2_like(work / "mobilenet.onnx")
+    models["bert (transformers BertConfig)"] = lambda: bert_from_config(work / "bert.onnx")
+
+    def minilm() -> Path:
+        from bench import transformers_models
+
+        return transformers_models.minilm(work / "minilm.onnx")
+
+    models["all-MiniLM-L6-v2 (real weights)"] = minilm
     print(f"ratio {ratio}\n")
     print("| model | parameters | MACs | layers pruned | groups (largest) | left alone | same output shape | s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -112,7 +163,8 @@ def main() -> None:
         if only not in name:
             continue
         r = run(name.split(" ")[0], make(), ratio, work)
-        cells = [name, f"{r['parameters']:.3f}x", f"{r['macs']:.3f}x", r["pruned_layers"]]
+        macs = f"{r['macs']:.3f}x" if r["macs"] is not None else "n/a"
+        cells = [name, f"{r['parameters']:.3f}x", macs, r["pruned_layers"]]
         cells += [f"{r['groups']} ({r['largest_group']})", r["left_alone"], r["same_output_shape"], r["seconds"]]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         notes.append((name, r["reasons"]))

@@ -28,6 +28,32 @@ CHANNEL_WISE = {
 BINARY = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "PRelu"}
 
 
+def unshare_constants(model: onnx.ModelProto) -> int:
+    """PyTorch's exporter shares equal constants (every zero bias of a freshly initialised model) through Identity
+    nodes; each such output becomes an initializer of its own, so one layer's cut does not reach the others.
+    Returns how many were made."""
+    inits = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    kept, made = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            made += 1
+        else:
+            kept.append(node)
+    if made:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        used = {i for n in kept for i in n.input} | outputs
+        alive = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(alive)
+    return made
+
+
 class Graph:
     """The model's graph as planning reads it: initializers, consumers, outputs, inferred shapes."""
 

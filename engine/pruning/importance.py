@@ -39,13 +39,16 @@ def aligned_blocks(keep: np.ndarray, channels: int) -> int:
     return max((b for b in range(1, channels + 1) if channels % b == 0 and aligned(keep, channels, b)), default=1)
 
 
-def select(scores: np.ndarray, ratio: float, blocks: int) -> np.ndarray | None:
+def select(scores: np.ndarray, ratio: float, blocks: int, unit: int = 1) -> np.ndarray | None:
     """The kept channels: the lowest-scoring `ratio` go, at least one stays; with `blocks`, the same relative
-    channels go from every block (scores summed over the blocks). None when the ratio removes none."""
+    channels go from every block (scores summed over the blocks); with `unit`, whole runs of `unit` channels (an
+    attention head's head_dim) go or stay together, scored by their sum. None when the ratio removes none."""
     size = len(scores) // blocks
     per_block = scores.reshape(blocks, size).sum(axis=0)
-    remove = min(int(np.floor(ratio * size)), size - 1)
+    units = per_block.reshape(-1, unit).sum(axis=1)
+    remove = min(int(np.floor(ratio * len(units))), len(units) - 1)
     if remove <= 0:
         return None
-    rel = np.sort(np.argsort(per_block, kind="stable")[remove:])
+    kept_units = np.sort(np.argsort(units, kind="stable")[remove:])
+    rel = (kept_units[:, None] * unit + np.arange(unit)[None, :]).ravel()
     return (np.arange(blocks)[:, None] * size + rel[None, :]).ravel()

@@ -32,7 +32,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups
+from engine.pruning.attention import Attention, attention_blocks
+from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, unshare_constants
 from engine.pruning.importance import aligned, aligned_blocks, group_importance, importance, select
 
 ELEMENTWISE = CHANNEL_WISE - {"BatchNormalization"}
@@ -369,6 +370,18 @@ def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
     del model.graph.value_info[:]  # shapes changed: let ONNX Runtime infer them again
 
 
+def plan_attention(g: Graph, block: Attention, keep: np.ndarray) -> Plan:
+    """Whole heads out of an attention block: the query/key/value columns and biases, the output rows."""
+    names = [block.query, block.key, block.value, *block.biases, block.output]
+    shared = [n for n in names if g.uses(n) > 1]
+    if shared:
+        raise Refused(f"attention {block.label!r}: {shared[0]!r} is shared by several nodes")
+    plan = Plan()
+    plan.slices += [(w, 1, keep) for w in (block.query, block.key, block.value)]
+    plan.slices += [(b, 0, keep) for b in block.biases] + [(block.output, 0, keep)]
+    return plan
+
+
 def _plan_group(
     g: Graph,
     members: list[str],
@@ -377,6 +390,7 @@ def _plan_group(
     ratio: float,
     blocks: int,
     groups: Groups,
+    block: Attention | None = None,
 ) -> tuple[list[Plan] | str, np.ndarray]:
     """Plans for every member with one kept set; a grouped Conv or shuffle downstream asking for aligned blocks
     makes the selection retry under that constraint. (plans, keep), or (the reason to leave the group, empty)."""
@@ -387,9 +401,14 @@ def _plan_group(
                 f"its {units} channels do not split into the {blocks} aligned blocks its grouped convolutions need",
                 np.array([]),
             )
-        keep = select(scores, ratio, blocks)
+        keep = select(scores, ratio, blocks, block.head_dim if block else 1)
         if keep is None:
             return f"{units} unit(s) in {blocks} block(s): the ratio removes none", np.array([])
+        if block is not None:
+            try:
+                return [plan_attention(g, block, keep)], keep
+            except Refused as exc:
+                return str(exc), np.array([])
         try:
             return [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keep, groups) for w in members], keep
         except Refused as exc:
@@ -413,9 +432,14 @@ def prune_structured(
     """Prune `model` in place, group by group. Returns (rows for the pruned layers, layers left alone with the
     reason). A group's ratio is the first of its members' entries in `ratios`, else `ratio`; excluding one member
     leaves its whole group alone."""
+    unshare_constants(model)
     g = Graph(model)
     layers = producers(g)
     groups = g.groups(layers)
+    heads: dict[str, Attention] = {}
+    for found in attention_blocks(g):  # query, key and value lose the same heads: one group
+        groups.union(found.query, found.key)
+        heads[groups.union(found.query, found.value)] = found
     by_weight = {weight: (node, axis, units) for node, weight, axis, units in layers}
     rows: list[dict[str, Any]] = []
     alone: list[dict[str, str]] = []
@@ -454,7 +478,10 @@ def prune_structured(
         if len(members) > 1:
             how += f", group of {len(members)}"
         blocks = math.lcm(*(own_blocks(g, by_weight[w][0]) for w in members))
-        planned, keep = _plan_group(g, members, by_weight, group_importance(scores), target, blocks, groups)
+        block = heads.get(root)
+        if block is not None:
+            how += f", whole heads of {block.head_dim}"
+        planned, keep = _plan_group(g, members, by_weight, group_importance(scores), target, blocks, groups, block)
         if isinstance(planned, str):
             leave(planned)
             continue

@@ -606,3 +606,56 @@ def test_ffn_neurons_prune_through_an_erf_gelu_with_constant_nodes(tmp_path) -> 
     assert shapes["w1"] == [8, 12] and shapes["b1"] == [12] and shapes["w2"] == [12, 8]
     x = np.random.default_rng(10).standard_normal((3, 4, 8)).astype(np.float32)
     np.testing.assert_allclose(_outputs(produced, x), _outputs(path, x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_heads_prune_whole_and_together(tmp_path) -> None:
+    """A self-attention block as PyTorch exports it (query/key/value MatMul + bias -> Reshape [B, S, -1, 2] ->
+    Transpose -> scores MatMul -> scale -> Softmax -> context MatMul -> Transpose -> Reshape [B, S, -1] -> output
+    MatMul): 4 heads of 2, the second all-zero in query, key and value. Query, key and value form one group that
+    loses whole heads (the zero one), the output projection loses the rows that read it: the output is
+    unchanged."""
+    rng = np.random.default_rng(11)
+    w = {n: rng.standard_normal((8, 8)).astype(np.float32) for n in ("wq", "wk", "wv", "wo")}
+    b = {n: rng.standard_normal(8).astype(np.float32) for n in ("bq", "bk", "bv")}
+    for name in ("wq", "wk", "wv"):
+        w[name][:, 2:4] = 0.0
+    for name in ("bq", "bk", "bv"):
+        b[name][2:4] = 0.0
+    inits = {**w, **b, "split": np.array([0, 0, -1, 2], np.int64), "merge": np.array([0, 0, -1], np.int64),
+             "scale": np.array(0.7, np.float32)}  # fmt: skip
+    nodes = []
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"], name=f"{p}_proj"),
+            helper.make_node("Add", [f"{p}0", f"b{p}"], [f"{p}1"], name=f"{p}_bias"),
+            helper.make_node("Reshape", [f"{p}1", "split"], [f"{p}2"], name=f"{p}_split"),
+            helper.make_node("Transpose", [f"{p}2"], [f"{p}3"], perm=perm, name=f"{p}_heads"),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["q3", "k3"], ["scores"], name="scores"),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scale"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["probs", "v3"], ["context"], name="context"),
+        helper.make_node("Transpose", ["context"], ["ct"], perm=[0, 2, 1, 3], name="unheads"),
+        helper.make_node("Reshape", ["ct", "merge"], ["merged"], name="merge"),
+        helper.make_node("MatMul", ["merged", "wo"], ["y"], name="out_proj"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 8])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "attention.onnx"
+    onnx.save(model, str(path))
+    report, produced = _structured(tmp_path, path, ratio=0.25)
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert set(rows) == {"q_proj", "k_proj", "v_proj"}, report["left_alone"]
+    assert len({r["group"] for r in rows.values()}) == 1 and "whole heads of 2" in rows["q_proj"]["importance"]
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes["wq"] == shapes["wk"] == shapes["wv"] == [8, 6] and shapes["bq"] == [6] and shapes["wo"] == [6, 8]
+    x = np.random.default_rng(12).standard_normal((3, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(path, x), rtol=1e-5, atol=1e-5)
