@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from engine.pruning.dependency import Graph
+from engine.pruning.dependency import Graph, Refused
+from engine.pruning.surgery import Plan
 
 
 @dataclass
@@ -68,11 +69,13 @@ def _projection(g: Graph, made: dict[str, onnx.NodeProto], tensor: str) -> tuple
     if not shape or len(shape) != 4 or shape[2] != -1 or not shape[3] or shape[3] <= 0:
         return None
     head_dim = int(shape[3])
+    if g.uses(node.input[0]) != 1:  # the projection's output feeds only this head split
+        return None
     node, bias = made.get(node.input[0]), None
     if node is not None and node.op_type == "Add":
         consts = [i for i in node.input if i in g.inits and len(g.inits[i].dims) == 1]
         others = [i for i in node.input if i not in consts]
-        if len(consts) != 1 or len(others) != 1:
+        if len(consts) != 1 or len(others) != 1 or g.uses(others[0]) != 1:
             return None
         bias, node = consts[0], made.get(others[0])
     if (
@@ -136,3 +139,15 @@ def attention_blocks(g: Graph) -> list[Attention]:
         biases = [b for b in (query[1], key[1], value[1]) if b is not None]
         blocks.append(Attention(query[0], key[0], value[0], biases, out, query[2], scores.name or scores.output[0]))
     return blocks
+
+
+def plan_attention(g: Graph, block: Attention, keep: np.ndarray) -> Plan:
+    """Whole heads out of an attention block: the query/key/value columns and biases, the output rows."""
+    names = [block.query, block.key, block.value, *block.biases, block.output]
+    shared = [n for n in names if g.uses(n) > 1]
+    if shared:
+        raise Refused(f"attention {block.label!r}: {shared[0]!r} is shared by several nodes")
+    plan = Plan()
+    plan.slices += [(w, 1, keep) for w in (block.query, block.key, block.value)]
+    plan.slices += [(b, 0, keep) for b in block.biases] + [(block.output, 0, keep)]
+    return plan

@@ -28,6 +28,10 @@ CHANNEL_WISE = {
 BINARY = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "PRelu"}
 
 
+class Refused(Exception):
+    """This layer cannot be pruned safely; the message says why."""
+
+
 def unshare_constants(model: onnx.ModelProto) -> int:
     """PyTorch's exporter shares equal constants (every zero bias of a freshly initialised model) through Identity
     nodes; each such output becomes an initializer of its own, so one layer's cut does not reach the others.

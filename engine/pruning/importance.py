@@ -34,11 +34,6 @@ def aligned(keep: np.ndarray, channels: int, blocks: int) -> bool:
     )
 
 
-def aligned_blocks(keep: np.ndarray, channels: int) -> int:
-    """The largest block count `keep` is aligned in (1: no block structure)."""
-    return max((b for b in range(1, channels + 1) if channels % b == 0 and aligned(keep, channels, b)), default=1)
-
-
 def select(scores: np.ndarray, ratio: float, blocks: int, unit: int = 1) -> np.ndarray | None:
     """The kept channels: the lowest-scoring `ratio` go, at least one stays; with `blocks`, the same relative
     channels go from every block (scores summed over the blocks); with `unit`, whole runs of `unit` channels (an

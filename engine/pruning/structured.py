@@ -25,22 +25,17 @@ absolute activation of its output on sample inputs. The lowest-importance units 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from engine.pruning.attention import Attention, attention_blocks
-from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, unshare_constants
-from engine.pruning.importance import aligned, aligned_blocks, group_importance, importance, select
+from engine.pruning.attention import Attention, attention_blocks, plan_attention
+from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, Refused, unshare_constants
+from engine.pruning.importance import aligned, group_importance, importance, select
+from engine.pruning.surgery import Plan, apply
 
 ELEMENTWISE = CHANNEL_WISE - {"BatchNormalization"}
-
-
-class Refused(Exception):
-    """This layer cannot be pruned safely; the message says why."""
 
 
 class NeedsBlocks(Exception):  # noqa: N818  (a request, not an error)
@@ -50,17 +45,6 @@ class NeedsBlocks(Exception):  # noqa: N818  (a request, not an error)
     def __init__(self, blocks: int) -> None:
         super().__init__(f"needs {blocks} aligned blocks")
         self.blocks = blocks
-
-
-@dataclass
-class Plan:
-    """Edits for one layer, in the original graph's index space: initializer slices (name, axis, kept indices),
-    depthwise `group` attributes to follow a weight's channel count, Reshape constants (name, kept features)."""
-
-    slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
-    groups: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
-    constants: list[tuple[str, np.ndarray]] = field(default_factory=list)
-    reshapes: list[tuple[str, int, int]] = field(default_factory=list)  # (shape constant, index, new value)
 
 
 def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
@@ -332,56 +316,6 @@ def _through_binary(
         plan.slices.append((c, at, keep))
 
 
-def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
-    """Apply the plans to the model in place. Every plan speaks in the original index space, so the removals of
-    all plans are merged per (initializer, axis) first: two layers feeding one Concat both slice its consumer."""
-    by_name = {t.name: t for t in model.graph.initializer}
-    originals = {name: numpy_helper.to_array(by_name[name]) for plan in plans for name, _, _ in plan.slices}
-    removed: dict[tuple[str, int], set[int]] = {}
-    for plan in plans:
-        for name, axis, keep in plan.slices:
-            size = originals[name].shape[axis]
-            removed.setdefault((name, axis), set()).update(set(range(size)) - set(keep.tolist()))
-    arrays = dict(originals)
-    for (name, axis), gone in sorted(removed.items()):
-        keep = np.array(sorted(set(range(originals[name].shape[axis])) - gone), dtype=np.int64)
-        arrays[name] = np.take(arrays[name], keep, axis=axis)
-    gone_features: dict[str, set[int]] = {}
-    for plan in plans:
-        for name, kept in plan.constants:
-            total = int(numpy_helper.to_array(by_name[name])[1])
-            gone_features.setdefault(name, set()).update(set(range(total)) - set(kept.tolist()))
-    for name, gone in gone_features.items():
-        value = numpy_helper.to_array(by_name[name]).copy()
-        value[1] -= len(gone)
-        arrays[name] = value
-    for plan in plans:
-        for name, index, new in plan.reshapes:
-            changed = arrays.get(name, numpy_helper.to_array(by_name[name])).copy()
-            changed[index] = new
-            arrays[name] = changed
-    for plan in plans:
-        for node, weight in plan.groups:
-            for a in node.attribute:
-                if a.name == "group":
-                    a.i = int(arrays[weight].shape[0])
-    for name, array in arrays.items():
-        by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
-    del model.graph.value_info[:]  # shapes changed: let ONNX Runtime infer them again
-
-
-def plan_attention(g: Graph, block: Attention, keep: np.ndarray) -> Plan:
-    """Whole heads out of an attention block: the query/key/value columns and biases, the output rows."""
-    names = [block.query, block.key, block.value, *block.biases, block.output]
-    shared = [n for n in names if g.uses(n) > 1]
-    if shared:
-        raise Refused(f"attention {block.label!r}: {shared[0]!r} is shared by several nodes")
-    plan = Plan()
-    plan.slices += [(w, 1, keep) for w in (block.query, block.key, block.value)]
-    plan.slices += [(b, 0, keep) for b in block.biases] + [(block.output, 0, keep)]
-    return plan
-
-
 def _plan_group(
     g: Graph,
     members: list[str],
@@ -391,32 +325,38 @@ def _plan_group(
     blocks: int,
     groups: Groups,
     block: Attention | None = None,
-) -> tuple[list[Plan] | str, np.ndarray]:
+) -> tuple[list[Plan] | str, np.ndarray, int]:
     """Plans for every member with one kept set; a grouped Conv or shuffle downstream asking for aligned blocks
-    makes the selection retry under that constraint. (plans, keep), or (the reason to leave the group, empty)."""
+    makes the selection retry under that constraint. (plans, keep, blocks), or (why the group is left, empty,
+    blocks)."""
     units = len(scores)
     while True:
         if units % blocks:
             return (
                 f"its {units} channels do not split into the {blocks} aligned blocks its grouped convolutions need",
                 np.array([]),
+                blocks,
             )
         keep = select(scores, ratio, blocks, block.head_dim if block else 1)
         if keep is None:
-            return f"{units} unit(s) in {blocks} block(s): the ratio removes none", np.array([])
+            return f"{units} unit(s) in {blocks} block(s): the ratio removes none", np.array([]), blocks
         if block is not None:
             try:
-                return [plan_attention(g, block, keep)], keep
+                return [plan_attention(g, block, keep)], keep, blocks
             except Refused as exc:
-                return str(exc), np.array([])
+                return str(exc), np.array([]), blocks
         try:
-            return [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keep, groups) for w in members], keep
+            return [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keep, groups) for w in members], keep, blocks
         except Refused as exc:
-            return str(exc), np.array([])
+            return str(exc), np.array([]), blocks
         except NeedsBlocks as need:
             wider = math.lcm(blocks, need.blocks)
             if wider == blocks:
-                return f"a grouped Conv downstream needs {need.blocks} aligned blocks it cannot get", np.array([])
+                return (
+                    f"a grouped Conv downstream needs {need.blocks} aligned blocks it cannot get",
+                    np.array([]),
+                    blocks,
+                )
             blocks = wider
 
 
@@ -481,12 +421,12 @@ def prune_structured(
         block = heads.get(root)
         if block is not None:
             how += f", whole heads of {block.head_dim}"
-        planned, keep = _plan_group(g, members, by_weight, group_importance(scores), target, blocks, groups, block)
+        scored = group_importance(scores)
+        planned, keep, blocks = _plan_group(g, members, by_weight, scored, target, blocks, groups, block)
         if isinstance(planned, str):
             leave(planned)
             continue
-        if len(keep) and len(keep) < by_weight[root][2] and aligned_blocks(keep, by_weight[root][2]) > 1:
-            how += f", aligned in {aligned_blocks(keep, by_weight[root][2])} blocks"
+        how += f", aligned in {blocks} blocks" if blocks > 1 else ""
         plans += planned
         for w in members:
             node, _, n = by_weight[w]

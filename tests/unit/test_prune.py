@@ -392,7 +392,7 @@ def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exact
     model = _model(tmp_path / "shuffle.onnx", nodes, inits, ["N", 4, 6, 6], ["N", 10])
     report, produced = _structured(tmp_path, model, ratios={"wg": 0.5})
     assert [r["layer"] for r in report["layers"]] == ["gconv"], report["left_alone"]
-    assert "aligned in 4 blocks" in report["layers"][0]["importance"]
+    assert "aligned in" in report["layers"][0]["importance"]
     pruned = onnx.load(str(produced))
     shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
     values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer}
@@ -403,6 +403,15 @@ def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exact
     # the whole model at 0.5: gconv_out (group 2) is pruned too, in equal halves of its groups
     report, produced = _structured(tmp_path, model, ratio=0.5)
     assert {r["layer"] for r in report["layers"]} == {"gconv", "gconv_out"}
+    assert _outputs(produced, x).shape == (3, 10)
+    # weak channels that are aligned in the producer's own 2 groups but not in 4 blocks: the shuffle and the
+    # grouped consumer after it ask for 4 blocks, and the selection is redone under that constraint
+    wg[:] = rng.standard_normal(wg.shape).astype(np.float32)
+    wg[[1, 2, 5, 6]] *= 0.01
+    inits["wg"] = wg
+    model = _model(tmp_path / "shuffle2.onnx", nodes, inits, ["N", 4, 6, 6], ["N", 10])
+    report, produced = _structured(tmp_path, model, ratios={"wg": 0.5})
+    assert "aligned in 4 blocks" in report["layers"][0]["importance"], report["layers"]
     assert _outputs(produced, x).shape == (3, 10)
 
 

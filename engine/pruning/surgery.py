@@ -1,0 +1,59 @@
+"""The surgery of structured pruning: a layer's edits as a Plan (slices of initializers, `group` attributes, shape
+constants), and their application to the model, merged across plans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass
+class Plan:
+    """Edits for one layer, in the original graph's index space: initializer slices (name, axis, kept indices),
+    depthwise `group` attributes to follow a weight's channel count, Reshape constants (name, kept features)."""
+
+    slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    groups: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
+    constants: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    reshapes: list[tuple[str, int, int]] = field(default_factory=list)  # (shape constant, index, new value)
+
+
+def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
+    """Apply the plans to the model in place. Every plan speaks in the original index space, so the removals of
+    all plans are merged per (initializer, axis) first: two layers feeding one Concat both slice its consumer."""
+    by_name = {t.name: t for t in model.graph.initializer}
+    originals = {name: numpy_helper.to_array(by_name[name]) for plan in plans for name, _, _ in plan.slices}
+    removed: dict[tuple[str, int], set[int]] = {}
+    for plan in plans:
+        for name, axis, keep in plan.slices:
+            size = originals[name].shape[axis]
+            removed.setdefault((name, axis), set()).update(set(range(size)) - set(keep.tolist()))
+    arrays = dict(originals)
+    for (name, axis), gone in sorted(removed.items()):
+        keep = np.array(sorted(set(range(originals[name].shape[axis])) - gone), dtype=np.int64)
+        arrays[name] = np.take(arrays[name], keep, axis=axis)
+    gone_features: dict[str, set[int]] = {}
+    for plan in plans:
+        for name, kept in plan.constants:
+            total = int(numpy_helper.to_array(by_name[name])[1])
+            gone_features.setdefault(name, set()).update(set(range(total)) - set(kept.tolist()))
+    for name, gone in gone_features.items():
+        value = numpy_helper.to_array(by_name[name]).copy()
+        value[1] -= len(gone)
+        arrays[name] = value
+    for plan in plans:
+        for name, index, new in plan.reshapes:
+            changed = arrays.get(name, numpy_helper.to_array(by_name[name])).copy()
+            changed[index] = new
+            arrays[name] = changed
+    for plan in plans:
+        for node, weight in plan.groups:
+            for a in node.attribute:
+                if a.name == "group":
+                    a.i = int(arrays[weight].shape[0])
+    for name, array in arrays.items():
+        by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    del model.graph.value_info[:]  # shapes changed: let ONNX Runtime infer them again
