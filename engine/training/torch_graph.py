@@ -64,6 +64,9 @@ class OnnxModule:
         "Sigmoid", "Tanh", "Gelu", "Erf", "Softmax", "LogSoftmax", "MaxPool", "AveragePool", "GlobalAveragePool",
         "Flatten", "Reshape", "Transpose", "Concat", "ReduceMean", "Identity", "Dropout", "Constant", "Clip",
         "Squeeze", "Unsqueeze", "LayerNormalization", "Pow", "Sqrt", "Neg", "Exp", "Log", "Cast",
+        # the index and mask arithmetic of exported transformers (never trained through)
+        "Shape", "Gather", "GatherElements", "Slice", "ConstantOfShape", "Equal", "Greater", "GreaterOrEqual",
+        "Less", "LessOrEqual", "And", "Or", "Not", "Where", "Expand", "Range",
     }  # fmt: skip
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -127,7 +130,7 @@ class OnnxModule:
         return {name: env[name] for name in self.outputs}
 
     def _run(self, node: onnx.NodeProto, x: list[Any]) -> list[Any]:
-        for group in (self._compute, self._elementwise, self._shapes):
+        for group in (self._compute, self._elementwise, self._shapes, self._indexing):
             out = group(node, x, _attrs(node))
             if out is not None:
                 return out
@@ -231,9 +234,11 @@ class OnnxModule:
         if op == "Log":
             return [torch.log(x[0])]
         if op == "Cast":
-            if a["to"] != onnx.TensorProto.FLOAT:
-                raise EngineError(ErrorCode.UNSUPPORTED_OP, f"Cast {node.name!r} to a type other than float")
-            return [x[0].float()]
+            dtype = _TORCH_TYPES.get(a["to"])
+            if dtype is None:
+                name = onnx.TensorProto.DataType.Name(a["to"])
+                raise EngineError(ErrorCode.UNSUPPORTED_OP, f"Cast {node.name!r} to {name} is not supported")
+            return [x[0].to(getattr(torch, dtype))]
         return None
 
     def _shapes(self, node: onnx.NodeProto, x: list[Any], a: dict[str, Any]) -> list[Any] | None:
@@ -273,6 +278,58 @@ class OnnxModule:
                 t = t.unsqueeze(d)
             return [t]
         return None
+
+    def _indexing(self, node: onnx.NodeProto, x: list[Any], a: dict[str, Any]) -> list[Any] | None:
+        """Shapes, gathers, comparisons and masks: what an exported transformer computes its attention mask and
+        positions with. None: not one of them."""
+        torch, op = self.torch, node.op_type
+        if op == "Shape":
+            dims = list(x[0].shape)[a.get("start", 0) : a.get("end")]
+            return [torch.tensor(dims, dtype=torch.int64)]
+        if op == "Gather":
+            axis = a.get("axis", 0) % x[0].dim()
+            idx = x[1].long() % x[0].shape[axis]
+            out = x[0].index_select(axis, idx.reshape(-1))
+            return [out.reshape(tuple(x[0].shape[:axis]) + tuple(idx.shape) + tuple(x[0].shape[axis + 1 :]))]
+        if op == "GatherElements":
+            axis = a.get("axis", 0) % x[0].dim()
+            return [torch.gather(x[0], axis, x[1].long() % x[0].shape[axis])]
+        if op == "Slice":
+            starts, ends = x[1].tolist(), x[2].tolist()
+            axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+            steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            index = [slice(None)] * x[0].dim()
+            for s0, e0, ax, st in zip(starts, ends, axes, steps, strict=True):
+                if st != 1:
+                    raise EngineError(ErrorCode.UNSUPPORTED_OP, f"Slice {node.name!r} with step {st}")
+                size = x[0].shape[ax]
+                index[ax] = slice(max(-size, min(size, s0)), max(-size - 1, min(size, e0)))
+            return [x[0][tuple(index)]]
+        if op == "ConstantOfShape":
+            value = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+            fill = torch.from_numpy(np.array(value, copy=True)).reshape(())
+            return [torch.full([int(v) for v in x[0].tolist()], fill.item(), dtype=fill.dtype)]
+        compare = {"Equal": torch.eq, "Greater": torch.gt, "GreaterOrEqual": torch.ge, "Less": torch.lt,
+                   "LessOrEqual": torch.le, "And": torch.logical_and, "Or": torch.logical_or}  # fmt: skip
+        if op in compare:
+            return [compare[op](x[0], x[1])]
+        if op == "Not":
+            return [torch.logical_not(x[0])]
+        if op == "Where":
+            return [torch.where(x[0], x[1], x[2])]
+        if op == "Expand":
+            shape = torch.broadcast_shapes(tuple(x[0].shape), tuple(int(v) for v in x[1].tolist()))
+            return [x[0].expand(shape)]
+        if op == "Range":
+            return [torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)]
+        return None
+
+
+_TORCH_TYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+}  # fmt: skip
 
 
 def max_disagreement(model_path: str, module: OnnxModule, feeds: dict[str, np.ndarray]) -> float:

@@ -120,3 +120,61 @@ def test_trained_values_go_back_into_the_same_graph(tmp_path) -> None:
     path = tmp_path / "trained.onnx"
     onnx.save(model, str(path))
     assert max_disagreement(str(path), module, {"x": x.numpy()}) < 1e-5
+
+
+def test_the_mask_and_index_arithmetic_of_an_exported_transformer(tmp_path) -> None:
+    """Shape, Gather (scalar and tensor indices, an embedding table), Range, Unsqueeze, Expand, Equal/And/Not,
+    Where, Cast to bool and int64, ConstantOfShape, Slice, GatherElements: what a PyTorch export of a transformer
+    builds its attention mask and positions with. The interpreter agrees with ONNX Runtime."""
+    one = lambda name, v, dtype=np.int64: numpy_helper.from_array(np.array(v, dtype), name)  # noqa: E731
+    inits = [
+        numpy_helper.from_array(_f(50, 6), "table"), one("i1", 1), one("zero", 0), one("step", 1), one("ax0", [0]),
+        one("three", 3), one("s0", [0]), one("e1", [1]), one("ax1", [1]), one("shape2", [2, 3]),
+        numpy_helper.from_array(np.array([[0, 2, 1], [1, 0, 2]], np.int64), "ge_idx"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),  # [N, S, 6]
+        helper.make_node("Shape", ["ids"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i1"], ["seq"]),  # a scalar index: a scalar
+        helper.make_node("Range", ["zero", "seq", "step"], ["pos"]),
+        helper.make_node("Unsqueeze", ["pos", "ax0"], ["pos2"]),
+        helper.make_node("Expand", ["pos2", "shape"], ["positions"]),  # [N, S]
+        helper.make_node("Equal", ["ids", "three"], ["is3"]),
+        helper.make_node("Cast", ["mask"], ["maskb"], to=TensorProto.BOOL),
+        helper.make_node("Not", ["is3"], ["not3"]),
+        helper.make_node("And", ["maskb", "not3"], ["keep"]),
+        helper.make_node("Cast", ["positions"], ["posf"], to=TensorProto.FLOAT),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["zeros"], value=numpy_helper.from_array(np.array([0.0], np.float32))
+        ),
+        helper.make_node("Where", ["keep", "posf", "zeros"], ["w"]),  # [N, S]
+        helper.make_node("Unsqueeze", ["w", "two_axis"], ["w3"]),
+        helper.make_node("Mul", ["emb", "w3"], ["weighted"]),
+        helper.make_node("Slice", ["weighted", "s0", "e1", "ax1"], ["first"]),  # [N, 1, 6]
+        helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT64),
+        helper.make_node(
+            "ConstantOfShape", ["shape2"], ["pad"], value=numpy_helper.from_array(np.array([1.0], np.float32))
+        ),
+        helper.make_node("GatherElements", ["pad", "ge_idx"], ["ge"], axis=1),
+        helper.make_node("ReduceMean", ["first"], ["y0"], axes=[1], keepdims=0),  # [N, 6]
+        helper.make_node("ReduceMean", ["ge"], ["g0"], keepdims=1),
+        helper.make_node("Add", ["y0", "g0"], ["y"]),
+    ]
+    inits.append(one("two_axis", [2]))
+    graph = helper.make_graph(
+        nodes,
+        "masks",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "masks.onnx"
+    onnx.save(model, str(path))
+    ids = R.integers(0, 50, (4, 7)).astype(np.int64)
+    ids[0, 2] = 3
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0
+    assert max_disagreement(str(path), OnnxModule(model), {"ids": ids, "mask": mask}) < 1e-6
