@@ -368,16 +368,17 @@ def prune_structured(
     exclude: set[str],
     exclude_ops: set[str],
     activation_scores: dict[str, np.ndarray] | None = None,
+    coupled: str = "group",
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Prune `model` in place, group by group. Returns (rows for the pruned layers, layers left alone with the
     reason). A group's ratio is the first of its members' entries in `ratios`, else `ratio`; excluding one member
-    leaves its whole group alone."""
+    leaves its whole group alone. `coupled` "leave": layer by layer, coupled layers left whole (for comparison)."""
     unshare_constants(model)
     g = Graph(model)
     layers = producers(g)
     groups = g.groups(layers)
     heads: dict[str, Attention] = {}
-    for found in attention_blocks(g):  # query, key and value lose the same heads: one group
+    for found in attention_blocks(g) if coupled == "group" else []:  # query, key, value lose the same heads
         groups.union(found.query, found.key)
         heads[groups.union(found.query, found.value)] = found
     by_weight = {weight: (node, axis, units) for node, weight, axis, units in layers}
@@ -405,6 +406,9 @@ def prune_structured(
             continue
         if root in groups.blocked:
             leave(groups.blocked[root])
+            continue
+        if coupled != "group" and len(members) > 1:
+            leave("coupled with other layers, left whole (coupled: leave)")
             continue
         scores, how = [], ""
         for w in members:

@@ -320,6 +320,11 @@ def test_structured_residual_and_concat(tmp_path) -> None:
     )
     assert group == 4
     np.testing.assert_allclose(_outputs(produced, x), _outputs(zeroed, x), rtol=1e-5, atol=1e-5)
+    # layer by layer (coupled: leave), as before dependency groups: the residual pair stays whole
+    report, _ = _structured(tmp_path, zeroed, ratio=0.5, coupled="leave")
+    alone = {a["layer"]: a["why"] for a in report["left_alone"]}
+    assert {r["layer"] for r in report["layers"]} == {"conv_c", "conv_d", "conv_e"}
+    assert "coupled: leave" in alone["conv_a"] and "coupled: leave" in alone["conv_b"]
 
 
 def test_per_channel_constants_are_sliced_and_a_residual_with_an_input_is_refused(tmp_path) -> None:

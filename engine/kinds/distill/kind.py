@@ -47,6 +47,11 @@ class DistillParams(StrictParams):
         default=None, description="A model of the tenant to train instead (same inputs and outputs as the teacher)"
     )
     ratio: float = Field(default=0.5, gt=0, lt=1, description="auto student: fraction of each layer's units removed")
+    coupled: Literal["group", "leave"] = Field(
+        default="group",
+        description="auto student: coupled layers (a residual, attention) pruned together as one group, or left "
+        "whole (layer by layer)",
+    )
     temperature: float = Field(default=4.0, gt=0, le=100, description="Softens both distributions (classification)")
     alpha: float = Field(
         default=0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha weighs imitating the teacher"
@@ -291,7 +296,7 @@ def _student(
         return onnx.load(ctx.inputs.models["student"].path), [], [], f"model {params.student_model_id}"
     ctx.progress(0.02, "making the student (structured pruning of the teacher)")
     student = onnx.load(ctx.inputs.model_path)
-    rows, alone = prune_structured(student, params.ratio, None, "l1", set(), set())
+    rows, alone = prune_structured(student, params.ratio, None, "l1", set(), set(), coupled=params.coupled)
     if not rows:
         reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10])
         raise EngineError(

@@ -39,6 +39,12 @@ class PruneParams(StrictParams):
     scope: Literal["per_layer", "global"] = Field(
         default="per_layer", description="magnitude: each layer to `ratio`, or one threshold across all layers"
     )
+    coupled: Literal["group", "leave"] = Field(
+        default="group",
+        description="structured/sensitivity: layers whose channels are coupled (a residual Add, attention's "
+        "query/key/value) are pruned together as one dependency group, or left whole (layer-by-layer pruning, "
+        "as before dependency groups: for comparison)",
+    )
     exclude: list[str] = Field(default_factory=list, description="Weight initializer or node names to leave alone")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types to leave alone, e.g. Conv")
     fold_size_limit: int = Field(

@@ -96,7 +96,13 @@ def sensitivity_prune(
         model = onnx.ModelProto()
         model.CopyFrom(original)
         rows, left = prune_structured(
-            model, None, ratios, params.criterion, set(params.exclude), set(params.exclude_op_types)
+            model,
+            None,
+            ratios,
+            params.criterion,
+            set(params.exclude),
+            set(params.exclude_op_types),
+            coupled=params.coupled,
         )
         return model, rows, left
 

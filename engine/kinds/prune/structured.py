@@ -63,6 +63,7 @@ def structured_prune(
         set(params.exclude),
         set(params.exclude_op_types),
         scores,
+        coupled=params.coupled,
     )
     if not rows:
         reasons = "; ".join(f"{a['layer']}: {a['why']}" for a in alone[:10]) or "no Conv/Gemm/MatMul with weights"
