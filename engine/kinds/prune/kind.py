@@ -29,8 +29,8 @@ from engine.kinds.prune.sensitivity import Judge, sensitivity_prune
 from engine.kinds.prune.simplify import max_difference, simplify_model
 from engine.kinds.prune.structured import structured_prune
 from engine.measure.comparison import Comparison, compare_with_params
-from engine.measure.data import EvalData, eval_data
-from engine.runtime import fixed_batch
+from engine.measure.data import EvalData, eval_data, feeds_for
+from engine.runtime import fixed_batch, make_session
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 SIMPLIFY_CHECK_SAMPLES = 64
@@ -134,6 +134,8 @@ class Prune(Kind[PruneParams, PruneReport]):
         pruned = onnx.load(str(dst))
         if [o.name for o in pruned.graph.output] != [o.name for o in original.graph.output]:
             raise EngineError(ErrorCode.PRUNE_FAILED, "the graph outputs changed; the result is refused")
+        if params.method in ("structured", "sensitivity"):
+            _check_shapes(src, dst, evaluation, forced)
         difference = _check_simplified(ctx, params, evaluation, dst, forced) if params.method == "simplify" else None
         _result_warning(ctx.warnings, params.method, sensitivity)
         comparison = compare_with_params(
@@ -208,6 +210,22 @@ def _prune(
             src, dst, params, judge, ctx.scratch, lambda f, stage: ctx.progress(0.05 + 0.25 * f, stage)
         )
     return (*magnitude_prune(src, dst, params), None)
+
+
+def _check_shapes(src: Path, dst: Path, evaluation: EvalData, forced: int | None) -> None:
+    """ONNX Runtime runs the pruned model on eval samples, and every output keeps its shape: never a wrong model."""
+    sample = {k: v[: forced or 4] for k, v in evaluation.feeds.items()}
+    shapes = []
+    for path in (src, dst):
+        session = make_session(str(path), 1)
+        try:
+            shapes.append([np.shape(o) for o in session.run(None, feeds_for(session, sample))])
+        except Exception as exc:
+            raise EngineError(
+                ErrorCode.PRUNE_FAILED, f"ONNX Runtime cannot run the pruned model: {exc}"[:500]
+            ) from None
+    if shapes[0] != shapes[1]:
+        raise EngineError(ErrorCode.PRUNE_FAILED, f"the output shapes changed from {shapes[0]} to {shapes[1]}")
 
 
 def _check_simplified(
