@@ -2,21 +2,27 @@
 with everything that depends on them, and leave a layer alone — saying why — when that cannot be done safely.
 Layers whose channels are coupled (a residual Add/Sum between their outputs) form a dependency group
 (engine.pruning.dependency) and are pruned together: the same channels go from every member, ranked by the
-group's importance (each member's scores normalised and averaged).
+group's importance (each member's scores normalised and averaged, engine.pruning.importance). The query, key and
+value projections of a self-attention block are one group that loses whole heads (engine.pruning.attention).
 
-For each prunable layer (a Conv with group 1, a Gemm, or a MatMul whose second input is a 2-D initializer) the
+For each prunable layer (a Conv, grouped or not, a Gemm, or a MatMul whose second input is a 2-D initializer) the
 output tensor is followed forward:
 - through element-wise activations, pooling, Dropout/Identity and BatchNormalization (its four parameters are
   sliced with the channels), and through depthwise convolutions (sliced too, `group` updated);
 - through element-wise ops with a constant operand (Mul/Add/Sub/Div/PRelu by a per-channel constant: sliced; a
-  scalar or broadcast constant: unchanged), and through element-wise ops between tensors of the same group;
+  scalar or broadcast constant, an initializer or a Constant node: unchanged), and through element-wise ops
+  between tensors of the same group;
+- through a channel shuffle (Reshape [N, G, C/G, ...] -> Transpose -> Reshape), its shape constants updated;
 - through Flatten, or a Reshape to [N, features], after a Conv: each channel is a block of H*W features (shape
   inference gives H*W; an explicit feature count in the Reshape's shape constant is updated);
 - through Concat along the channel axis: the kept channels move to their offset in the concatenation;
-- into consumers that absorb the change: a Conv (group 1; its input channels), a Gemm or a MatMul (input rows).
-Anything else stops the layer (and its whole group): an element-wise op with a tensor of another group or of no
-prunable layer, a graph output (outputs keep their shape), a weight shared by several nodes, unknown shapes,
-grouped (non-depthwise) convolutions, other ops. Such layers are left alone with the reason.
+- into consumers that absorb the change: a Conv (its input channels; a grouped Conv the same ones in every group),
+  a Gemm or a MatMul (input rows).
+A grouped Conv (as producer, or downstream, through a shuffle) needs the kept channels aligned in blocks (the same
+relative channels kept in each): the selection retries under that constraint (NeedsBlocks). Anything else stops
+the layer (and its whole group): an element-wise op with a tensor of another group or of no prunable layer, a graph
+output (outputs keep their shape), Softmax/LRN (they normalise across channels), a weight shared by several
+nodes, unknown shapes, a grouped Conv after a Concat, other ops. Such layers are left alone with the reason.
 
 Importance of a unit: the L1 or L2 norm of its weights (output row of the producer), or, data-driven, the mean
 absolute activation of its output on sample inputs. The lowest-importance units go; at least one always stays.
