@@ -107,10 +107,9 @@ def analyse_history(
     train_slope = trend(curves[tl], window) if tl else None
     val_slope = trend(curves[vl], window) if vl else None
     onset, rise = None, None
-    if vl:
-        finite = [v for v in curves[vl] if v is not None and math.isfinite(v)]
-        if finite and min(finite) != 0:
-            rise = (finite[-1] - min(finite)) / abs(min(finite))
+    last, lowest = (_last_finite(curves[vl]), _lowest(curves[vl])) if vl else (None, None)
+    if last is not None and lowest:
+        rise = (last - lowest) / abs(lowest)
     if tl and vl:
         val = curves[vl]
         best_val = replay(val, True, min_delta, epochs + 1)["best_epoch"]
@@ -154,6 +153,11 @@ def analyse_history(
 def _last_finite(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return finite[-1] if finite else None
+
+
+def _lowest(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return min(finite) if finite else None
 
 
 def _span(values: list[float]) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from engine.pruning.dependency import Graph, Refused
 from engine.pruning.surgery import Plan
@@ -33,22 +32,18 @@ class Attention:
     label: str
 
 
-def _producer(g: Graph) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in g.model.graph.node for o in n.output}
-
-
 def _constant(g: Graph, name: str) -> np.ndarray | None:
     if name in g.inits:
         return g.array(name)
     return g.constant_nodes.get(name)
 
 
-def _shape_values(g: Graph, made: dict[str, onnx.NodeProto], name: str) -> list[int | None] | None:
+def _shape_values(g: Graph, name: str) -> list[int | None] | None:
     """A Reshape's target: an initializer, or a Concat of pieces (constants known, computed ones None)."""
     value = _constant(g, name)
     if value is not None:
         return [int(v) for v in value.reshape(-1)]
-    node = made.get(name)
+    node = g.made_by.get(name)
     if node is None or node.op_type != "Concat":
         return None
     out: list[int | None] = []
@@ -58,26 +53,26 @@ def _shape_values(g: Graph, made: dict[str, onnx.NodeProto], name: str) -> list[
     return out
 
 
-def _projection(g: Graph, made: dict[str, onnx.NodeProto], tensor: str) -> tuple[str, str | None, int] | None:
+def _projection(g: Graph, tensor: str) -> tuple[str, str | None, int] | None:
     """Back from a head-shaped tensor to its projection: (weight, bias, head_dim) or None."""
-    node = made.get(tensor)
+    node = g.made_by.get(tensor)
     while node is not None and node.op_type == "Transpose":
-        node = made.get(node.input[0])
+        node = g.made_by.get(node.input[0])
     if node is None or node.op_type != "Reshape":
         return None
-    shape = _shape_values(g, made, node.input[1])
+    shape = _shape_values(g, node.input[1])
     if not shape or len(shape) != 4 or shape[2] != -1 or not shape[3] or shape[3] <= 0:
         return None
     head_dim = int(shape[3])
     if g.uses(node.input[0]) != 1:  # the projection's output feeds only this head split
         return None
-    node, bias = made.get(node.input[0]), None
+    node, bias = g.made_by.get(node.input[0]), None
     if node is not None and node.op_type == "Add":
         consts = [i for i in node.input if i in g.inits and len(g.inits[i].dims) == 1]
         others = [i for i in node.input if i not in consts]
         if len(consts) != 1 or len(others) != 1 or g.uses(others[0]) != 1:
             return None
-        bias, node = consts[0], made.get(others[0])
+        bias, node = consts[0], g.made_by.get(others[0])
     if (
         node is None
         or node.op_type != "MatMul"
@@ -90,7 +85,6 @@ def _projection(g: Graph, made: dict[str, onnx.NodeProto], tensor: str) -> tuple
 
 def _output_projection(g: Graph, context: str) -> str | None:
     """Forward from the context MatMul: Transpose, the merging Reshape to [batch, seq, -1], the output MatMul."""
-    made = _producer(g)
     tensor = context
     for op in ("Transpose", "Reshape", "MatMul"):
         users = g.consumers.get(tensor, [])
@@ -98,7 +92,7 @@ def _output_projection(g: Graph, context: str) -> str | None:
             return None
         node = users[0]
         if op == "Reshape":
-            shape = _shape_values(g, made, node.input[1])
+            shape = _shape_values(g, node.input[1])
             if not shape or len(shape) != 3 or shape[2] != -1:
                 return None
         if op == "MatMul":
@@ -109,12 +103,11 @@ def _output_projection(g: Graph, context: str) -> str | None:
 
 
 def attention_blocks(g: Graph) -> list[Attention]:
-    made = _producer(g)
     blocks = []
     for scores in g.model.graph.node:
         if scores.op_type != "MatMul" or any(i in g.inits for i in scores.input):
             continue
-        query, key = (_projection(g, made, i) for i in scores.input)
+        query, key = (_projection(g, i) for i in scores.input)
         if query is None or key is None or query[2] != key[2]:
             continue
         tensor, context = scores.output[0], None
@@ -129,7 +122,7 @@ def attention_blocks(g: Graph) -> list[Attention]:
                 tensor = node.output[0]
             else:
                 break
-        value = _projection(g, made, context.input[1]) if context is not None else None
+        value = _projection(g, context.input[1]) if context is not None else None
         out = _output_projection(g, context.output[0]) if context is not None else None
         if value is None or out is None or value[2] != query[2]:
             continue

@@ -68,6 +68,7 @@ class Graph:
         for n in model.graph.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
+        self.made_by = {o: n for n in model.graph.node for o in n.output}  # tensor -> the node that produces it
         self.outputs = {o.name for o in model.graph.output}
         self.constant_nodes = {  # Constant nodes' values: operands as fixed as initializers (a Gelu's sqrt(2))
             n.output[0]: numpy_helper.to_array(n.attribute[0].t)
@@ -98,12 +99,10 @@ class Graph:
         return len(self.consumers.get(name, []))
 
     def groups(self, layers: list[tuple[onnx.NodeProto, str, int, int]]) -> Groups:
-        """The dependency groups of `layers` (node, weight, axis, units), computed once."""
-        if not hasattr(self, "_groups"):
-            outputs = {node.output[0]: weight for node, weight, _, _ in layers}
-            fixed = set(self.constant_nodes)
-            self._groups = Groups(self.model.graph, self.inits, outputs, {w: u for _, w, _, u in layers}, fixed)
-        return self._groups
+        """The dependency groups of `layers` (node, weight, axis, units)."""
+        outputs = {node.output[0]: weight for node, weight, _, _ in layers}
+        units = {w: u for _, w, _, u in layers}
+        return Groups(self.model.graph, self.inits, outputs, units, set(self.constant_nodes))
 
 
 def captured_names(graph: onnx.GraphProto) -> set[str]:
@@ -143,7 +142,7 @@ class Groups:
             tracked = [i for i in node.input if i in self.space]
             if not tracked:
                 continue
-            if node.op_type in CHANNEL_WISE or _depthwise(node, inits):
+            if node.op_type in CHANNEL_WISE or depthwise(node, inits):
                 if node.input[0] in self.space:
                     self.space[out] = self.space[node.input[0]]
             elif node.op_type in BINARY:
@@ -196,7 +195,7 @@ class Groups:
         return out
 
 
-def _depthwise(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+def depthwise(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
     """A depthwise Conv (one input channel per group, as many groups as channels): it keeps channels apart."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return False

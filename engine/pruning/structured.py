@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from engine.pruning.attention import Attention, attention_blocks, plan_attention
-from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, Refused, unshare_constants
+from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, Refused, depthwise, unshare_constants
 from engine.pruning.importance import aligned, group_importance, importance, select
 from engine.pruning.surgery import Plan, apply
 
@@ -59,9 +59,7 @@ def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
     for node in g.model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
-            group = g.attr(node, "group", 1)
-            depthwise = group > 1 and w.dims[1] == 1 and group == w.dims[0]
-            if not depthwise and len(w.dims) >= 3:  # group 1, or grouped (own_blocks: equal cuts per group)
+            if not depthwise(node, g.inits) and len(w.dims) >= 3:  # group 1, or grouped (own_blocks: aligned cuts)
                 out.append((node, node.input[1], 0, int(w.dims[0])))
         elif node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
@@ -190,7 +188,7 @@ def _into_conv(g: Graph, user: onnx.NodeProto, keep: np.ndarray, plan: Plan) -> 
     if group == 1:
         plan.slices.append((w, 1, keep))
         return False
-    if dims[1] == 1 and group == dims[0]:
+    if depthwise(user, g.inits):
         plan.slices.append((w, 0, keep))
         if len(user.input) > 2 and user.input[2]:
             plan.slices.append((user.input[2], 0, keep))

@@ -49,6 +49,11 @@ class CurvePoint(BaseModel):
     validation_ci95: list[float] | None
     seconds: float
 
+    def half_width(self, role: str = "validation") -> float | None:
+        """Half the width of the 95% interval of the metric on `role` (train or validation)."""
+        ci = getattr(self, f"{role}_ci95")
+        return (ci[1] - ci[0]) / 2 if ci else None
+
 
 class LearningCurve(BaseModel):
     method: str = Field(default=METHOD, description="What the curve measures: the architecture, not the weights")
@@ -62,6 +67,15 @@ class LearningCurve(BaseModel):
     )
     reading: Literal["high_variance", "high_bias", "more_data_helps", "flat", "weak_recipe"]
     text: str
+
+    @property
+    def earlier(self) -> CurvePoint | None:
+        """The point the last one is compared with to say whether validation still rises: two steps back."""
+        return rising_from(self.points)
+
+
+def rising_from(points: list[CurvePoint]) -> CurvePoint | None:
+    return points[-3] if len(points) > 2 else points[-2] if len(points) > 1 else None
 
 
 class _Data:
@@ -177,7 +191,7 @@ def learning_curve(
     recipe = _recipe(p, search, history)
 
     points = []
-    sizes = sorted(set(p.learning_curve_sizes))
+    sizes = p.learning_curve_sizes  # sorted and without repeats (DiagnoseParams)
     for i, fraction in enumerate(sizes):
         n = max(2, round(fraction * len(order)))
         share = train.take(np.sort(order[:n]))
@@ -270,13 +284,12 @@ def _read(
     """What the curve says: rising validation (more data helps), a gap that data closes (high variance), or a train
     metric that stays poor (high bias: capacity or features, not data)."""
     last = points[-1]
-    rising, earlier = None, points[-3] if len(points) > 2 else points[-2] if len(points) > 1 else None
-    if earlier is not None and last.validation is not None and earlier.validation is not None and last.validation_ci95:
-        half = (last.validation_ci95[1] - last.validation_ci95[0]) / 2
+    rising, earlier, half = None, rising_from(points), last.half_width()
+    if earlier is not None and last.validation is not None and earlier.validation is not None and half is not None:
         rising = last.validation - earlier.validation > half
     train_gain = gain(last.train, splits["train"].baseline_metrics.get(primary))
     uploaded = splits["train"].metrics.get(primary)
-    slack = (last.train_ci95[1] - last.train_ci95[0]) / 2 if last.train_ci95 else 0.0
+    slack = last.half_width("train") or 0.0
     gap = (last.train - last.validation) / abs(last.train) if last.train and last.validation is not None else None
     share = f"{last.fraction:.0%} ({last.samples} samples)"
     where = f"re-trained on {share}: {primary} {_f(last.train)} on train, {_f(last.validation)} on validation"

@@ -58,7 +58,7 @@ def _cite(remedy: Remedy, codes: set[str], *wanted: str) -> Remedy:
 
 
 def _more_data_measured(curve: LearningCurve, splits: dict[str, SplitResult]) -> Remedy:
-    prev, last = curve.points[-3] if len(curve.points) > 2 else curve.points[-2], curve.points[-1]
+    prev, last = curve.earlier or curve.points[0], curve.points[-1]
     return Remedy(
         action="more training data",
         why=f"measured: re-trained on {prev.samples} and {last.samples} samples, the architecture's validation "

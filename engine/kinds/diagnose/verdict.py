@@ -253,20 +253,26 @@ def _curve_evidence(
         note("curve_high_bias", "none", text + "features, not data), unless the task's noise limits every model")
     uploaded = va.metrics.get(primary)
     retrained_gain = gain(last.validation, va.baseline_metrics.get(primary))
-    if last.validation is not None and uploaded is not None and last.validation_ci95 and retrained_gain is not None:
-        half = (last.validation_ci95[1] - last.validation_ci95[0]) / 2
-        if retrained_gain >= p.good_fit_gain > (va.gain or 0.0) and last.validation - uploaded > half:
-            under = True
-            note(
-                "curve_undertrained",
-                "underfit",
-                f"re-trained on the same train split, the same architecture reaches {primary} {num(last.validation)} "
-                f"on validation (gain {pct(retrained_gain)}); the uploaded weights reach {num(uploaded)} (gain "
-                f"{pct(va.gain)}): they are under-trained (recipe: {curve.recipe['learning_rate']} learning rate, "
-                f"{curve.recipe['epochs_at_full_size']} epochs)",
-            )
-    if curve.validation_rising:
-        earlier = curve.points[-3] if len(curve.points) > 2 else curve.points[-2]
+    half = last.half_width()
+    lead = last.validation - uploaded if last.validation is not None and uploaded is not None else None
+    if (
+        lead is not None
+        and half is not None
+        and retrained_gain is not None
+        and retrained_gain >= p.good_fit_gain > (va.gain or 0.0)
+        and lead > half
+    ):
+        under = True
+        note(
+            "curve_undertrained",
+            "underfit",
+            f"re-trained on the same train split, the same architecture reaches {primary} {num(last.validation)} "
+            f"on validation (gain {pct(retrained_gain)}); the uploaded weights reach {num(uploaded)} (gain "
+            f"{pct(va.gain)}): they are under-trained (recipe: {curve.recipe['learning_rate']} learning rate, "
+            f"{curve.recipe['epochs_at_full_size']} epochs)",
+        )
+    earlier = curve.earlier
+    if curve.validation_rising and earlier is not None:
         note(
             "curve_more_data",
             "overfit" if curve.reading == "high_variance" else "none",
