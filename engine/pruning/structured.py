@@ -1,9 +1,10 @@
 """Structured pruning on an ONNX graph: remove whole output units of Conv (channels) and Gemm/MatMul (neurons),
 with everything that depends on them, and leave a layer alone — saying why — when that cannot be done safely.
-Layers whose channels are coupled (a residual Add/Sum between their outputs) form a dependency group
-(engine.pruning.dependency) and are pruned together: the same channels go from every member, ranked by the
-group's importance (each member's scores normalised and averaged, engine.pruning.importance). The query, key and
-value projections of a self-attention block are one group that loses whole heads (engine.pruning.attention).
+Layers whose channels are coupled form a dependency group (engine.pruning.dependency: residual Adds/Sums, Concats
+feeding them, a ShuffleNet stage's whole trunk) and are pruned together: the same channels go from every member,
+ranked by the group's importance (each member's scores normalised and averaged per channel, engine.pruning.
+importance). The query, key and value projections of a self-attention block are one group that loses whole heads
+(engine.pruning.attention).
 
 For each prunable layer (a Conv, grouped or not, a Gemm, or a MatMul whose second input is a 2-D initializer) the
 output tensor is followed forward:
@@ -16,13 +17,14 @@ output tensor is followed forward:
 - through Flatten, or a Reshape to [N, features], after a Conv: each channel is a block of H*W features (shape
   inference gives H*W; an explicit feature count in the Reshape's shape constant is updated);
 - through Concat along the channel axis: the kept channels move to their offset in the concatenation;
-- into consumers that absorb the change: a Conv (its input channels; a grouped Conv the same ones in every group),
-  a Gemm or a MatMul (input rows).
-A grouped Conv (as producer, or downstream, through a shuffle) needs the kept channels aligned in blocks (the same
-relative channels kept in each): the selection retries under that constraint (NeedsBlocks). Anything else stops
-the layer (and its whole group): an element-wise op with a tensor of another group or of no prunable layer, a graph
-output (outputs keep their shape), Softmax/LRN (they normalise across channels), a weight shared by several
-nodes, unknown shapes, a grouped Conv after a Concat, other ops. Such layers are left alone with the reason.
+- into consumers that absorb the change: a Conv (its input channels; a grouped Conv, per group, the channels of
+  that group which stay), a Gemm or a MatMul (input rows).
+Grouped convolutions need as many channels kept in each of their groups (outputs and inputs alike), and a channel
+shuffle the same channels in each of its blocks: those are constraints of the selection, which is then solved
+exactly (engine.pruning.importance.select_equal_counts). Anything else stops the layer (and its whole group): an
+element-wise op with a tensor of another group or of no prunable layer, a graph output (outputs keep their
+shape), Softmax/LRN (they normalise across channels), a weight shared by several nodes, unknown shapes, other
+ops. Such layers are left alone with the reason.
 
 Importance of a unit: the L1 or L2 norm of its weights (output row of the producer), or, data-driven, the mean
 absolute activation of its output on sample inputs. The lowest-importance units go; at least one always stays.
@@ -30,27 +32,33 @@ absolute activation of its output on sample inputs. The lowest-importance units 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import onnx
 
 from engine.pruning.attention import Attention, attention_blocks, plan_attention
-from engine.pruning.dependency import BINARY, CHANNEL_WISE, Graph, Groups, Refused, depthwise, unshare_constants
-from engine.pruning.importance import aligned, group_importance, importance, select
+from engine.pruning.dependency import (
+    BINARY,
+    CHANNEL_WISE,
+    Graph,
+    Groups,
+    Refused,
+    Space,
+    depthwise,
+    unshare_constants,
+)
+from engine.pruning.importance import (
+    aligned,
+    class_importance,
+    group_importance,
+    importance,
+    select,
+    select_equal_counts,
+)
 from engine.pruning.surgery import Plan, apply
 
 ELEMENTWISE = CHANNEL_WISE - {"BatchNormalization"}
-
-
-class NeedsBlocks(Exception):  # noqa: N818  (a request, not an error)
-    """A grouped Conv or a channel shuffle downstream needs the kept channels aligned in `blocks` equal blocks
-    (the same channels kept in each block); the selection retries with that constraint."""
-
-    def __init__(self, blocks: int) -> None:
-        super().__init__(f"needs {blocks} aligned blocks")
-        self.blocks = blocks
 
 
 def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
@@ -70,11 +78,6 @@ def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
             if len(w.dims) == 2:
                 out.append((node, node.input[1], 1, int(w.dims[1])))
     return out
-
-
-def own_blocks(g: Graph, node: onnx.NodeProto) -> int:
-    """A grouped Conv's outputs come in `group` blocks: pruned equally (and aligned) across them."""
-    return int(g.attr(node, "group", 1)) if node.op_type == "Conv" else 1
 
 
 def plan_layer(
@@ -98,7 +101,7 @@ def plan_layer(
         elif node.op_type == "Gemm":
             raise Refused("its bias broadcasts over outputs in a way not handled")
     channel_axis = 1 if node.op_type == "Conv" else -1
-    _follow(g, node.output[0], keep, channel_axis, plan, seen=set(), coupled=(groups, weight))
+    _follow(g, node.output[0], keep, channel_axis, plan, seen=set(), coupled=groups)
     return plan
 
 
@@ -109,7 +112,7 @@ def _follow(
     axis: int,
     plan: Plan,
     seen: set[str],
-    coupled: tuple[Groups | None, str] = (None, ""),
+    coupled: Groups | None = None,
 ) -> None:
     if tensor in seen:
         return
@@ -147,11 +150,11 @@ def _follow(
             if axis not in (-1, len(shape) - 1 if shape else -1):
                 raise Refused(f"channels reach a {op} on a non-feature axis (flatten them first)")
             plan.slices.append((w, 1 if trans else 0, keep))
-        elif op == "Reshape" and axis == 1 and _shuffle(g, user) is not None:
+        elif op == "Reshape" and axis == 1 and g.shuffle(user) is not None:
             _through_shuffle(g, user, keep, plan, seen, coupled)
         elif op in ("Flatten", "Reshape") and axis == 1:
             expanded = _to_features(g, user, tensor, keep, plan)
-            _after_regrouping(g, user.output[0], expanded, -1, plan, seen, coupled, f"{op} to features")
+            _follow(g, user.output[0], expanded, -1, plan, seen, coupled)
         elif op == "Concat":
             rank = len(g.shapes.get(tensor) or [])
             cat_axis = g.attr(user, "axis", 0)
@@ -164,7 +167,7 @@ def _follow(
                     raise Refused("a Concat input of unknown size")
                 kept.append(offset + keep if inp == tensor else offset + np.arange(size))
                 offset += size
-            _after_regrouping(g, user.output[0], np.concatenate(kept), axis, plan, seen, coupled, "a Concat")
+            _follow(g, user.output[0], np.concatenate(kept), axis, plan, seen, coupled)
         elif op in BINARY:
             _through_binary(g, user, tensor, keep, axis, plan, coupled)
             _follow(g, user.output[0], keep, axis, plan, seen, coupled)
@@ -179,12 +182,12 @@ def _follow(
 
 def _into_conv(g: Graph, user: onnx.NodeProto, keep: np.ndarray, plan: Plan) -> bool:
     """A Conv reading our channels: group 1 drops its input channels; depthwise drops whole channels (True: follow
-    its output); grouped drops the same channels from every group (they must be aligned: else NeedsBlocks)."""
+    its output); grouped drops, for the outputs of each group, the input channels of that group which go (the
+    selection keeps equal counts per group: engine.pruning.dependency's partitions)."""
     w = user.input[1]
     if w not in g.inits or g.uses(w) > 1:
         raise Refused("a consumer Conv whose weight is not its own constant")
     group = g.attr(user, "group", 1)
-    dims = list(g.inits[w].dims)
     if group == 1:
         plan.slices.append((w, 1, keep))
         return False
@@ -194,9 +197,7 @@ def _into_conv(g: Graph, user: onnx.NodeProto, keep: np.ndarray, plan: Plan) -> 
             plan.slices.append((user.input[2], 0, keep))
         plan.groups.append((user, w))
         return True
-    if not aligned(keep, group * dims[1], group):
-        raise NeedsBlocks(group)
-    plan.slices.append((w, 1, keep[keep < dims[1]]))
+    plan.gathers.append((w, keep, group))
     return False
 
 
@@ -223,67 +224,25 @@ def _to_features(g: Graph, user: onnx.NodeProto, tensor: str, keep: np.ndarray, 
     return expanded
 
 
-def _after_regrouping(
-    g: Graph,
-    tensor: str,
-    keep: np.ndarray,
-    axis: int,
-    plan: Plan,
-    seen: set[str],
-    coupled: tuple[Groups | None, str],
-    what: str,
-) -> None:
-    """Follow past an op that moves channels to other indices (Concat offsets, Flatten blocks): a grouped Conv
-    further on cannot be served by aligning our channels any more."""
-    try:
-        _follow(g, tensor, keep, axis, plan, seen, coupled)
-    except NeedsBlocks as need:
-        raise Refused(f"a grouped Conv (or shuffle) after {what} needs {need.blocks} aligned blocks there") from None
-
-
-def _shuffle(g: Graph, first: onnx.NodeProto) -> tuple[int, onnx.NodeProto, onnx.NodeProto] | None:
-    """A channel shuffle: Reshape [N, G, C/G, ...] -> Transpose swapping axes 1 and 2 -> Reshape [N, C, ...], each
-    the only consumer of the one before, the shapes own constants. (G, transpose, last reshape) or None."""
-    if first.input[1] not in g.inits or g.uses(first.input[1]) > 1:
-        return None
-    shape = g.array(first.input[1])
-    nexts = g.consumers.get(first.output[0], [])
-    if len(shape) < 4 or len(nexts) != 1 or nexts[0].op_type != "Transpose":
-        return None
-    transpose = nexts[0]
-    perm = list(g.attr(transpose, "perm", []))
-    if perm[:3] != [0, 2, 1] or perm[3:] != list(range(3, len(perm))):
-        return None
-    lasts = g.consumers.get(transpose.output[0], [])
-    if len(lasts) != 1 or lasts[0].op_type != "Reshape" or lasts[0].input[1] not in g.inits:
-        return None
-    if g.uses(lasts[0].input[1]) > 1 or len(g.array(lasts[0].input[1])) != len(shape) - 1 or shape[1] <= 0:
-        return None
-    return int(shape[1]), transpose, lasts[0]
-
-
 def _through_shuffle(
-    g: Graph, first: onnx.NodeProto, keep: np.ndarray, plan: Plan, seen: set[str], coupled: tuple[Groups | None, str]
+    g: Graph, first: onnx.NodeProto, keep: np.ndarray, plan: Plan, seen: set[str], coupled: Groups | None
 ) -> None:
-    """Our channels through a channel shuffle: kept the same in each of the G blocks, they stay whole columns of the
-    [G, C/G] grid, land at i * G + g, and the two shape constants shrink; a need for B aligned blocks after it is
-    a need for G * B blocks before it."""
-    found = _shuffle(g, first)
+    """Our channels through a channel shuffle: kept the same in each of the G blocks (the selection joins each
+    column's channels), they stay whole columns of the [G, C/G] grid, land at i * G + g, and the two shape
+    constants shrink."""
+    found = g.shuffle(first)
     assert found is not None
     groups_, _, last = found
     shape, flat = g.array(first.input[1]), g.array(last.input[1])
     channels = int(shape[1] * shape[2]) if shape[2] > 0 else None
     if channels is None or not aligned(keep, channels, groups_):
-        raise NeedsBlocks(groups_)
+        raise Refused(f"a channel shuffle {first.name or first.output[0]!r} whose blocks do not keep the same channels")
     rel = keep[keep < channels // groups_]
     plan.reshapes.append((first.input[1], 2, len(rel)))
     if flat[1] > 0:
         plan.reshapes.append((last.input[1], 1, len(rel) * groups_))
     after = np.sort((rel[:, None] * groups_ + np.arange(groups_)[None, :]).ravel())
-    try:
-        _follow(g, last.output[0], after, 1, plan, seen, coupled)
-    except NeedsBlocks as need:
-        raise NeedsBlocks(need.blocks * groups_) from None
+    _follow(g, last.output[0], after, 1, plan, seen, coupled)
 
 
 def _through_binary(
@@ -293,16 +252,16 @@ def _through_binary(
     keep: np.ndarray,
     axis: int,
     plan: Plan,
-    coupled: tuple[Groups | None, str],
+    coupled: Groups | None,
 ) -> None:
     """An element-wise op on our channels: its constant operands are sliced along the channel axis (a per-channel
     constant) or left (broadcast size 1); its other tensor operands must carry the same group's channels."""
-    groups, weight = coupled
+    groups = coupled
     label = f"{user.op_type} {user.name or user.output[0]!r}"
     fixed = {i: list(g.inits[i].dims) for i in user.input if i in g.inits}
     fixed |= {i: list(g.constant_nodes[i].shape) for i in user.input if i in g.constant_nodes}
     variable = [i for i in user.input if i and i not in fixed]
-    if len(variable) > 1 and (groups is None or not groups.same(variable, weight)):
+    if len(variable) > 1 and (groups is None or not groups.same(variable)):
         raise Refused(f"its channels are coupled through {label} with a tensor of another group (e.g. a residual)")
     rank = len(g.shapes.get(tensor) or [])
     for c, dims in fixed.items():
@@ -320,48 +279,42 @@ def _through_binary(
         plan.slices.append((c, at, keep))
 
 
-def _plan_group(
-    g: Graph,
-    members: list[str],
-    by_weight: dict[str, tuple[onnx.NodeProto, int, int]],
-    scores: np.ndarray,
-    ratio: float,
-    blocks: int,
-    groups: Groups,
-    block: Attention | None = None,
-) -> tuple[list[Plan] | str, np.ndarray, int]:
-    """Plans for every member with one kept set; a grouped Conv or shuffle downstream asking for aligned blocks
-    makes the selection retry under that constraint. (plans, keep, blocks), or (why the group is left, empty,
-    blocks)."""
-    units = len(scores)
-    while True:
-        if units % blocks:
-            return (
-                f"its {units} channels do not split into the {blocks} aligned blocks its grouped convolutions need",
-                np.array([]),
-                blocks,
-            )
-        keep = select(scores, ratio, blocks, block.head_dim if block else 1)
+def dependency_groups(
+    g: Graph, layers: list[tuple[onnx.NodeProto, str, int, int]], coupled: str = "group"
+) -> tuple[Groups, dict[str, Attention]]:
+    """The groups pruning decides on: channel dependencies (engine.pruning.dependency), with each self-attention
+    block's query, key and value joined (they lose the same heads). Also (root -> attention block)."""
+    groups = g.groups(layers)
+    heads: dict[str, Attention] = {}
+    for found in attention_blocks(g) if coupled == "group" else []:
+        groups.tie(found.query, found.key)
+        heads[groups.tie(found.query, found.value)] = found
+    return groups, heads
+
+
+def _select(
+    space: Space, scores: dict[str, np.ndarray], ratio: float, block: Attention | None
+) -> tuple[dict[str, np.ndarray] | str, str]:
+    """Each member's kept channels, and how they were chosen; or why nothing is removed."""
+    members = list(space.class_of)
+    if block is not None:  # whole heads, in the query's channel order
+        keep = select(group_importance([scores[w] for w in members]), ratio, 1, block.head_dim)
         if keep is None:
-            return f"{units} unit(s) in {blocks} block(s): the ratio removes none", np.array([]), blocks
-        if block is not None:
-            try:
-                return [plan_attention(g, block, keep)], keep, blocks
-            except Refused as exc:
-                return str(exc), np.array([]), blocks
-        try:
-            return [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keep, groups) for w in members], keep, blocks
-        except Refused as exc:
-            return str(exc), np.array([]), blocks
-        except NeedsBlocks as need:
-            wider = math.lcm(blocks, need.blocks)
-            if wider == blocks:
-                return (
-                    f"a grouped Conv downstream needs {need.blocks} aligned blocks it cannot get",
-                    np.array([]),
-                    blocks,
-                )
-            blocks = wider
+            return f"{space.n} unit(s): the ratio removes none", ""
+        return {w: keep for w in members}, f", whole heads of {block.head_dim}"
+    value = class_importance(scores, space.class_of, space.n)
+    partial = any(len(np.unique(c)) < space.n for c in space.class_of.values())
+    if not space.constraints and not partial:
+        kept = select(value, ratio, 1)
+        how = ""
+    else:
+        every_member = [[(np.bincount(c, minlength=space.n).astype(float), 0)] for c in space.class_of.values()]
+        kept = select_equal_counts(value, ratio, space.constraints + every_member)
+        how = f", equal counts per group of {len(space.constraints)} grouped conv(s)" if space.constraints else ""
+        how += ", shuffle-aligned" if any(len(np.unique(c)) < len(c) for c in space.class_of.values()) else ""
+    if kept is None:
+        return f"{space.n} channel(s) in {len(space.constraints)} equal-count constraint(s): none can go", ""
+    return {w: np.flatnonzero(np.isin(space.class_of[w], kept)) for w in members}, how
 
 
 def prune_structured(
@@ -380,11 +333,7 @@ def prune_structured(
     unshare_constants(model)
     g = Graph(model)
     layers = producers(g)
-    groups = g.groups(layers)
-    heads: dict[str, Attention] = {}
-    for found in attention_blocks(g) if coupled == "group" else []:  # query, key, value lose the same heads
-        groups.union(found.query, found.key)
-        heads[groups.union(found.query, found.value)] = found
+    groups, heads = dependency_groups(g, layers, coupled)
     by_weight = {weight: (node, axis, units) for node, weight, axis, units in layers}
     rows: list[dict[str, Any]] = []
     alone: list[dict[str, str]] = []
@@ -414,31 +363,34 @@ def prune_structured(
         if coupled != "group" and len(members) > 1:
             leave("coupled with other layers, left whole (coupled: leave)")
             continue
-        scores, how = [], ""
+        scores, how = {}, ""
         for w in members:
             node, axis, _ = by_weight[w]
             if activation_scores is not None and node.output[0] in activation_scores:
-                scores.append(activation_scores[node.output[0]])
+                scores[w] = activation_scores[node.output[0]]
                 how = "mean |activation|"
             else:
-                scores.append(importance(g.array(w), axis, criterion))
+                scores[w] = importance(g.array(w), axis, criterion)
                 how = how or criterion.upper() + " norm"
-        if len(members) > 1:
-            how += f", group of {len(members)}"
-        blocks = math.lcm(*(own_blocks(g, by_weight[w][0]) for w in members))
+        how += f", group of {len(members)}" if len(members) > 1 else ""
         block = heads.get(root)
-        if block is not None:
-            how += f", whole heads of {block.head_dim}"
-        scored = group_importance(scores)
-        planned, keep, blocks = _plan_group(g, members, by_weight, scored, target, blocks, groups, block)
-        if isinstance(planned, str):
-            leave(planned)
+        keeps, chosen = _select(groups.space(members), scores, target, block)
+        if isinstance(keeps, str):
+            leave(keeps)
             continue
-        how += f", aligned in {blocks} blocks" if blocks > 1 else ""
+        try:
+            if block is not None:
+                planned = [plan_attention(g, block, keeps[block.query])]
+            else:
+                planned = [plan_layer(g, by_weight[w][0], w, by_weight[w][1], keeps[w], groups) for w in members]
+        except Refused as exc:
+            leave(str(exc))
+            continue
         plans += planned
+        first = labels[members[0]]  # a group is named by its first member in graph order
         for w in members:
             node, _, n = by_weight[w]
             rows.append({"layer": labels[w], "weight": w, "op": node.op_type, "units_before": n,
-                         "units_after": int(len(keep)), "importance": how, "group": labels[root]})  # fmt: skip
+                         "units_after": len(keeps[w]), "importance": how + chosen, "group": first})  # fmt: skip
     apply(model, plans)
     return rows, alone

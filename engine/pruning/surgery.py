@@ -19,6 +19,7 @@ class Plan:
     groups: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)
     constants: list[tuple[str, np.ndarray]] = field(default_factory=list)
     reshapes: list[tuple[str, int, int]] = field(default_factory=list)  # (shape constant, index, new value)
+    gathers: list[tuple[str, np.ndarray, int]] = field(default_factory=list)  # grouped Conv: (weight, kept, groups)
 
 
 def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
@@ -54,6 +55,25 @@ def apply(model: onnx.ModelProto, plans: list[Plan]) -> None:
             for a in node.attribute:
                 if a.name == "group":
                     a.i = int(arrays[weight].shape[0])
+    _gather(plans, arrays, by_name)
     for name, array in arrays.items():
         by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
     del model.graph.value_info[:]  # shapes changed: let ONNX Runtime infer them again
+
+
+def _gather(plans: list[Plan], arrays: dict[str, np.ndarray], by_name: dict[str, onnx.TensorProto]) -> None:
+    """The input channels of grouped Convs: the kept channels (merged over plans) of input block b are the ones
+    the outputs of group b keep reading. Every block keeps as many (the selection's equal-count constraints)."""
+    removed: dict[str, tuple[set[int], int]] = {}
+    for plan in plans:
+        for name, keep, groups in plan.gathers:
+            per = int(by_name[name].dims[1])
+            gone, _ = removed.setdefault(name, (set(), groups))
+            gone.update(set(range(per * groups)) - set(keep.tolist()))
+    for name, (gone, groups) in removed.items():
+        weight = arrays[name] if name in arrays else numpy_helper.to_array(by_name[name])
+        per, rows = int(by_name[name].dims[1]), weight.shape[0] // groups
+        kept = [[c - b * per for c in range(b * per, (b + 1) * per) if c not in gone] for b in range(groups)]
+        if len({len(k) for k in kept}) != 1:
+            raise RuntimeError(f"grouped Conv weight {name!r}: its groups would keep unequal input channel counts")
+        arrays[name] = np.concatenate([weight[b * rows : (b + 1) * rows][:, kept[b]] for b in range(groups)])

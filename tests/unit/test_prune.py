@@ -370,12 +370,12 @@ def test_per_channel_constants_are_sliced_and_a_residual_with_an_input_is_refuse
 def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exactly(tmp_path) -> None:
     """ShuffleNet's unit in small: a grouped 1x1 conv (group 2, 8 outputs) -> Relu -> channel shuffle (Reshape
     [N, 2, 4, H, W], Transpose, Reshape) -> depthwise 3x3 -> grouped 1x1 conv (group 2) -> GAP -> Gemm. The
-    grouped consumer after the shuffle needs the same channels kept in each of 2 x 2 = 4 blocks of the producer;
-    with those channels all-zero, removing them leaves the output unchanged, and the shapes and the shuffle's
-    constants shrink consistently."""
+    shuffle needs the same channels kept in each of the producer's 2 blocks (columns of its [2, 4] grid go
+    together), the grouped consumer after it as many channels in each of its own 2 blocks; with those channels
+    all-zero, removing them leaves the output unchanged, and the shapes and the shuffle's constants shrink."""
     rng = np.random.default_rng(7)
     wg = rng.standard_normal((8, 2, 1, 1)).astype(np.float32)
-    wg[[1, 3, 5, 7]] = 0.0  # the second channel of each of the four blocks
+    wg[[1, 3, 5, 7]] = 0.0  # columns 1 and 3 of the [2, 4] grid: after the shuffle, one in each consumer block
     inits = {
         "wg": wg, "s5": np.array([0, 2, 4, 6, 6], np.int64), "s4": np.array([0, 8, 6, 6], np.int64),
         "wdw": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
@@ -397,7 +397,9 @@ def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exact
     model = _model(tmp_path / "shuffle.onnx", nodes, inits, ["N", 4, 6, 6], ["N", 10])
     report, produced = _structured(tmp_path, model, ratios={"wg": 0.5})
     assert [r["layer"] for r in report["layers"]] == ["gconv"], report["left_alone"]
-    assert "aligned in" in report["layers"][0]["importance"]
+    assert (
+        "equal counts" in report["layers"][0]["importance"] and "shuffle-aligned" in report["layers"][0]["importance"]
+    )
     pruned = onnx.load(str(produced))
     shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
     values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer}
@@ -409,15 +411,54 @@ def test_grouped_convolutions_and_a_channel_shuffle_prune_aligned_channels_exact
     report, produced = _structured(tmp_path, model, ratio=0.5)
     assert {r["layer"] for r in report["layers"]} == {"gconv", "gconv_out"}
     assert _outputs(produced, x).shape == (3, 10)
-    # weak channels that are aligned in the producer's own 2 groups but not in 4 blocks: the shuffle and the
-    # grouped consumer after it ask for 4 blocks, and the selection is redone under that constraint
+    # the weakest columns (0 and 1) would put both kept channels in the consumer's first block after the shuffle;
+    # equal counts there keep one column of each half: the selection is not just the top scores
     wg[:] = rng.standard_normal(wg.shape).astype(np.float32)
-    wg[[1, 2, 5, 6]] *= 0.01
+    wg[[0, 1, 4, 5]] *= 0.01
+    wg[[2, 6]] *= 0.1
     inits["wg"] = wg
     model = _model(tmp_path / "shuffle2.onnx", nodes, inits, ["N", 4, 6, 6], ["N", 10])
     report, produced = _structured(tmp_path, model, ratios={"wg": 0.5})
-    assert "aligned in 4 blocks" in report["layers"][0]["importance"], report["layers"]
+    kept = onnx.numpy_helper.to_array(next(t for t in onnx.load(str(produced)).graph.initializer if t.name == "wg"))
+    np.testing.assert_array_equal(kept, wg[[1, 3, 5, 7]])  # column 1 (weak) with column 3, not columns 2 and 3
     assert _outputs(produced, x).shape == (3, 10)
+
+
+def test_a_shufflenet_trunk_of_concat_and_sums_prunes_as_one_group_exactly(tmp_path) -> None:
+    """ShuffleNet's stage in small: conv0 (6 channels) -> Relu feeds a grouped conv `a` (group 2) and an
+    AveragePool; Concat [a, pool] is the stage's 12 channels, which a grouped conv `c` (group 2) reads and adds its
+    output to (a residual). The trunk's channels (a's, conv0's through the pool, c's outputs) are one group: the
+    same channels go from every member, with equal counts in every grouped conv's blocks (a's outputs and inputs,
+    c's outputs and its inputs: a's half and conv0's half of the Concat). With those channels all-zero, removing
+    them leaves the output unchanged."""
+    rng = np.random.default_rng(11)
+    w0, wa, wc = (rng.standard_normal(s).astype(np.float32) for s in [(6, 3, 3, 3), (6, 3, 3, 3), (12, 6, 3, 3)])
+    w0[[0, 5]] = 0.0  # trunk channels 6 and 11 (one in each of conv0's halves, which a reads in 2 groups)
+    wa[[1, 4]] = 0.0  # trunk channels 1 and 4 (one in each of a's 2 groups)
+    wc[[1, 4, 6, 11]] = 0.0  # the same trunk channels out of c: 2 in each of its 2 groups
+    pad = {"pads": [1, 1, 1, 1]}
+    inits = {"w0": w0, "wa": wa, "wc": wc, "wf": rng.standard_normal((10, 12)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", **pad),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "wa"], ["a"], group=2, name="a", **pad),
+        helper.make_node("AveragePool", ["r0"], ["p"], kernel_shape=[1, 1], name="pool"),
+        helper.make_node("Concat", ["a", "p"], ["s"], axis=1, name="concat"),
+        helper.make_node("Relu", ["s"], ["rs"], name="relu_s"),
+        helper.make_node("Conv", ["rs", "wc"], ["c"], group=2, name="c", **pad),
+        helper.make_node("Add", ["c", "rs"], ["t"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["t"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc"),
+    ]
+    model = _model(tmp_path / "trunk.onnx", nodes, inits, ["N", 3, 6, 6], ["N", 10])
+    report, produced = _structured(tmp_path, model, ratio=0.34)
+    after = {r["layer"]: (r["units_before"], r["units_after"], r["group"]) for r in report["layers"]}
+    assert after == {"conv0": (6, 4, "conv0"), "a": (6, 4, "conv0"), "c": (12, 8, "conv0")}, report
+    shapes = {t.name: list(t.dims) for t in onnx.load(str(produced)).graph.initializer}
+    assert shapes == {"w0": [4, 3, 3, 3], "wa": [4, 2, 3, 3], "wc": [8, 4, 3, 3], "wf": [10, 8]}
+    x = np.random.default_rng(12).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_outputs(produced, x), _outputs(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_structured_activation_criterion_uses_the_data(tmp_path) -> None:
@@ -570,8 +611,9 @@ def test_real_architectures_prune_in_dependency_groups(tmp_path, name) -> None:
         assert ratio < 0.6 and max(sizes.values()) >= 4 and len(alone) == 1  # only the classifier stays whole
     elif name == "densenet121":
         assert ratio < 0.6 and len(rows) == 120
-    else:  # grouped convolutions and shuffles: some layers pruned, the rest left with named reasons
-        assert ratio < 0.9 and any("aligned in" in r["importance"] for r in rows) and all(a["why"] for a in alone)
+    else:  # grouped convs, shuffles, the trunk of Concats and Sums: all but the classifier, in equal counts
+        assert ratio < 0.75 and len(alone) == 1 and any("shuffle-aligned" in r["importance"] for r in rows)
+        assert max(sizes.values()) >= 15  # the trunk: every stage's Concat producers and residual convs
 
 
 def test_ffn_neurons_prune_through_an_erf_gelu_with_constant_nodes(tmp_path) -> None:

@@ -17,7 +17,7 @@ from engine.kinds.prune.params import PruneParams
 from engine.measure.data import EvalData, feeds_for
 from engine.measure.fidelity import fidelity
 from engine.measure.metrics import PRIMARY, Predictions
-from engine.pruning.structured import Graph, producers, prune_structured
+from engine.pruning.structured import Graph, dependency_groups, producers, prune_structured
 from engine.runtime import make_session, run_batched
 from engine.select.goal import Goal
 
@@ -67,7 +67,7 @@ def _groups(original: onnx.ModelProto, params: PruneParams) -> list[tuple[str, s
     found = producers(g)
     names = {weight: node.name or node.output[0] for node, weight, *_ in found}
     layers = []
-    for members in g.groups(found).members().values():
+    for members in dependency_groups(g, found, params.coupled)[0].members().values():
         if any(w in params.exclude or names[w] in params.exclude for w in members):
             continue
         extra = (
