@@ -67,7 +67,7 @@ def producers(g: Graph) -> list[tuple[onnx.NodeProto, str, int, int]]:
     for node in g.model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
-            if not depthwise(node, g.inits) and len(w.dims) >= 3:  # group 1, or grouped (own_blocks: aligned cuts)
+            if not depthwise(node, g.inits) and len(w.dims) >= 3:  # group 1, or grouped (equal counts per group)
                 out.append((node, node.input[1], 0, int(w.dims[0])))
         elif node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in g.inits:
             w = g.inits[node.input[1]]
