@@ -78,6 +78,15 @@ class ModelInfo(BaseModel):
     )
     macs_by_op_type: dict[str, int]
     macs_unknown_nodes: int = Field(description="Counted op nodes whose shapes could not be inferred")
+    external_data_bytes: int = Field(
+        default=0, description="Bytes of weights kept in external data files (a bundle); 0 for a single file"
+    )
+    runtime_checked: bool = Field(
+        default=True,
+        description="ONNX Runtime created a session from the upload. False for bundles over "
+        "inspect_runtime_max_bytes: the graph, the checker and every external location were checked, the "
+        "weights were not loaded (the first job that runs the model loads them)",
+    )
     macs_batch_note: str
 
 
@@ -173,7 +182,7 @@ def _all_nodes(graph: GraphProto) -> Iterator[onnx.NodeProto]:
             yield from _all_nodes(sub)
 
 
-def _all_tensors(model: ModelProto) -> Iterator[tuple[str, TensorProto]]:
+def all_tensors(model: ModelProto) -> Iterator[tuple[str, TensorProto]]:
     """Every tensor that can carry data: initializers, sparse initializers, tensor attributes."""
 
     def graph_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
@@ -207,14 +216,14 @@ def _all_tensors(model: ModelProto) -> Iterator[tuple[str, TensorProto]]:
 
 
 def refuse_external_data(model: ModelProto) -> None:
-    for name, tensor in _all_tensors(model):
+    for name, tensor in all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             raise EngineError(
                 ErrorCode.EXTERNAL_DATA,
                 f"tensor {name!r} keeps its data in an external file ({location!r}); models with external "
-                "data are not accepted yet: save the model as one file (onnx.save(model, path, "
-                "save_as_external_data=False)), which works up to 2 GB",
+                "data are uploaded as one .zip or .tar archive holding the .onnx file and its data files (or "
+                "saved as one file, onnx.save(model, path, save_as_external_data=False), up to 2 GB)",
             )
 
 

@@ -21,6 +21,7 @@ import asyncio
 import io
 import os
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -241,6 +242,21 @@ def _backoff(attempt: int, base: float, response: httpx.Response | None = None) 
 
 
 @contextmanager
+def model_file(path: Path) -> Iterator[Path]:
+    """A model to upload: a file (an .onnx file, or a .zip/.tar archive of a model with its external data) as it
+    is; a folder (an .onnx file with its data files) packed into a temporary .tar first."""
+    if not path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxsmith-") as tmp:
+        packed = Path(tmp) / f"{path.name}.tar"
+        with tarfile.open(packed, "w") as archive:
+            for member in sorted(p for p in path.rglob("*") if p.is_file()):
+                archive.add(member, arcname=member.relative_to(path).as_posix(), recursive=False)
+        yield packed
+
+
+@contextmanager
 def dataset_file(data: Any, name: str | None) -> Iterator[tuple[Path, str | None]]:
     """A file to upload for `data`: a path as it is; a mapping of numpy arrays (or an (x, y) pair) as a temporary
     .npz; a pandas DataFrame as a temporary .parquet. Yields (path, default name)."""
@@ -423,8 +439,10 @@ class Client:
 
     # models -----------------------------------------------------------------------------------------------------
     def upload_model(self, path: str | os.PathLike, *, name: str | None = None, progress: bool | None = None) -> Model:
-        """Upload an ONNX file (streamed); the existing model when these bytes were uploaded before."""
-        return Model.model_validate(self._upload("/v1/models", Path(path), {"name": name}, progress))
+        """Upload an ONNX file (streamed); the existing model when these bytes were uploaded before. A model with
+        external data: its folder (packed into a .tar on the way) or a .zip/.tar archive of it."""
+        with model_file(Path(path)) as file:
+            return Model.model_validate(self._upload("/v1/models", file, {"name": name}, progress))
 
     def get_model(self, model: str | BaseModel) -> Model:
         return Model.model_validate(self._json("GET", f"/v1/models/{_id(model)}"))
@@ -605,7 +623,8 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def upload_model(self, path: str | os.PathLike, *, name: str | None = None) -> Model:
-        r = await self._request("POST", "/v1/models", upload=Path(path), data={"name": name} if name else None)
+        with model_file(Path(path)) as file:
+            r = await self._request("POST", "/v1/models", upload=file, data={"name": name} if name else None)
         return Model.model_validate(r.json())
 
     async def upload_dataset(

@@ -22,6 +22,8 @@ class Model(_Open):
     source_job_id: str | None = None
     created_at: datetime
     info: dict[str, Any]
+    bundle_format: str | None = None  # 'tar' | 'zip': a model uploaded with its external data
+    parts: list[dict[str, Any]] = []  # a bundle's files (name, sha256, size_bytes), the .onnx file first
 
 
 class Dataset(_Open):

@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         "data_dir/broker, no server; for one machine).",
     )
     max_model_bytes: int = Field(default=2 * GIB, description="Largest accepted model upload (bytes).")
+    max_bundle_bytes: int = Field(
+        default=16 * GIB,
+        description="Largest accepted model archive (a .zip or .tar of a model with its external data files), as "
+        "uploaded and as unpacked (bytes). A single .onnx file stays under max_model_bytes.",
+    )
+    bundle_max_members: int = Field(default=1000, description="Most members (files and folders) in a model archive.")
+    inspect_runtime_max_bytes: int = Field(
+        default=512 << 20,
+        description="A bundle with more external data than this is checked without creating an ONNX Runtime "
+        "session (which would read every weight into the checking child's memory): its info says "
+        "runtime_checked false.",
+    )
     max_dataset_bytes: int = Field(default=2 * GIB, description="Largest accepted dataset upload (bytes).")
     upload_idle_timeout_s: float = Field(
         default=30.0,

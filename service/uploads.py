@@ -36,6 +36,7 @@ from service.settings import Settings
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
 MAX_FIELD_BYTES = 4096
+HEAD_BYTES = 512  # what a file's own limit is decided from (a tar's magic is at offset 257)
 BUSY_RETRY_AFTER_S = 5
 
 
@@ -79,7 +80,7 @@ class Upload:
         self.path.unlink(missing_ok=True)
 
 
-def _too_large(limit: int) -> AppError:
+def too_large(limit: int) -> AppError:
     return AppError(
         413,
         "upload-too-large",
@@ -117,8 +118,12 @@ def check_filename(raw: str) -> str:
 class _Receiver:
     """Collects the parts while python-multipart parses the stream."""
 
-    def __init__(self, out, limit: int, allowed_fields: set[str]) -> None:
+    def __init__(
+        self, out, limit: int, allowed_fields: set[str], limit_for: Callable[[bytes], int] | None = None
+    ) -> None:
         self.out, self.limit, self.allowed = out, limit, allowed_fields
+        self.limit_for = limit_for  # the file's own limit, from its first bytes (an archive may be larger)
+        self._head = bytearray()
         self.hash = hashlib.sha256()
         self.size = 0
         self.filename: str | None = None
@@ -171,8 +176,13 @@ class _Receiver:
         chunk = data[start:end]
         if self._part == "file":
             self.size += len(chunk)
+            if self.limit_for is not None and (len(self._head) + len(chunk) >= HEAD_BYTES):
+                self.limit = self.limit_for(bytes(self._head + chunk[: HEAD_BYTES - len(self._head)]))
+                self.limit_for = None
+            elif self.limit_for is not None:
+                self._head += chunk
             if self.size > self.limit:
-                raise _too_large(self.limit)
+                raise too_large(self.limit)
             self.hash.update(chunk)
             self.out.write(chunk)
         else:
@@ -305,10 +315,17 @@ TURNS = CheckTurns()
 
 
 async def receive_upload(
-    request: Request, *, limit: int, tmp_dir: Path, allowed_fields: set[str], pace: Pace
+    request: Request,
+    *,
+    limit: int,
+    tmp_dir: Path,
+    allowed_fields: set[str],
+    pace: Pace,
+    limit_for: Callable[[bytes], int] | None = None,
 ) -> Upload:
     """Read a multipart/form-data body with one `file` part into a temp file. The caller must
-    `discard()` the upload when done with it."""
+    `discard()` the upload when done with it. `limit` bounds the body; `limit_for`, given the file's first 512
+    bytes, its own (lower) limit, enforced from then on as the body streams."""
     ctype, options = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in options:
         raise AppError(
@@ -319,14 +336,14 @@ async def receive_upload(
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise _too_large(limit)
+        raise too_large(limit)
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            receiver = _Receiver(out, limit, allowed_fields)
+            receiver = _Receiver(out, limit, allowed_fields, limit_for)
             parser = MultipartParser(options[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]  # a dict of the callbacks it names
             async for chunk in paced(request.stream(), pace):
                 parser.write(chunk)
@@ -360,12 +377,18 @@ async def create_from_request(
     create: Callable[[Upload], tuple[Any, bool]],
     schema: type[BaseModel],
     location: str,
+    limit_for: Callable[[bytes], int] | None = None,
 ) -> JSONResponse:
     """The whole upload endpoint: take an upload slot, stream the body, run `create` (check, store, row) and
     commit in one pool thread, always drop the temp file; 201 for a new row, 200 for an existing one."""
     with SLOTS.take(tenant_id, per_tenant=settings.max_uploads_per_tenant, total=settings.max_uploads):
         upload = await receive_upload(
-            request, limit=limit, tmp_dir=settings.tmp_dir, allowed_fields=allowed_fields, pace=Pace.of(settings)
+            request,
+            limit=limit,
+            tmp_dir=settings.tmp_dir,
+            allowed_fields=allowed_fields,
+            pace=Pace.of(settings),
+            limit_for=limit_for,
         )
         try:
             turn = await TURNS.wait_turn(settings.resolved_max_concurrent_checks, settings.sandbox_timeout_s)

@@ -141,6 +141,29 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+def s3_settings(data_dir: Path, endpoint: str, bucket: str, prefix: str, **more) -> Settings:
+    """Settings on moto's S3 server (test credentials); `more` adds fields (database_url, ...)."""
+    return Settings(
+        data_dir=data_dir,
+        storage_url=f"s3://{bucket}/{prefix}",
+        s3_endpoint_url=endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        **more,
+    )
+
+
+def s3_client(endpoint: str):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 def count_rows(session: sa.orm.Session, table: str) -> int:
     return session.scalar(sa.text(f"SELECT count(*) FROM {table}"))
 

@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     # uploads
     INVALID_MODEL = "invalid_model"
     EXTERNAL_DATA = "external_data"
+    INVALID_EXTERNAL_DATA = "invalid_external_data"
+    INVALID_ARCHIVE = "invalid_archive"
     INVALID_DATASET = "invalid_dataset"
     UNKNOWN_LABEL = "unknown_label"
     # a job's run on the user's model and data
@@ -92,6 +94,8 @@ _INFO: dict[ErrorCode, CodeInfo] = {
     ErrorCode.NOTHING_TO_PRUNE: _422("nothing-to-prune", "Nothing to prune"),
     ErrorCode.INVALID_MODEL: _422("invalid-model", "Invalid ONNX model"),
     ErrorCode.EXTERNAL_DATA: _422("external-data-not-supported", "External data not supported"),
+    ErrorCode.INVALID_EXTERNAL_DATA: _422("invalid-external-data", "Invalid external data"),
+    ErrorCode.INVALID_ARCHIVE: _422("invalid-archive", "Invalid archive"),
     ErrorCode.INVALID_DATASET: _422("invalid-dataset", "Invalid dataset"),
     ErrorCode.UNKNOWN_LABEL: _422("unknown-label", "Unknown label"),
     ErrorCode.RUNTIME_ERROR: _422("runtime-error", "The model failed to run"),

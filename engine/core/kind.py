@@ -133,6 +133,7 @@ class Kind(ABC, Generic[P, R]):
     required: tuple[str, ...] = ()
     queue: Queue = "default"
     template: str | None = "report.html"  # beside the kind's module; None: the generic page
+    external_data: bool = False  # runs on models whose weights live in external files (bundles: engine.bundle)
 
     @property
     def description(self) -> str:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from engine.bundle import model_bytes
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import JobInputs, pick_output
 from engine.core.kind import Progress
@@ -218,7 +219,7 @@ def compare(
                 },
             )
         )
-    size_a, size_b = Path(original).stat().st_size, Path(candidate).stat().st_size
+    size_a, size_b = model_bytes(original), model_bytes(candidate)  # external data files included
     return Comparison(
         size_bytes=SizeComparison(original=size_a, candidate=size_b, ratio=size_b / size_a),
         latency_ms=pairs,

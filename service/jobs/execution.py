@@ -6,12 +6,14 @@ the caller's transaction. The worker (workers/runner.py) claims, heartbeats and 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from engine.bundle import SPARE_BYTES
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import DatasetInput, JobInputs, ModelInput
 from engine.core.kind import ArtifactOut, JobOutput
@@ -65,8 +67,16 @@ def load_inputs(db: Session, job_id: str) -> InputRows:
 
 def download_inputs(store: ObjectStore, rows: InputRows, folder: Path, *, max_threads: int) -> JobInputs:
     """The blobs into `folder` (each verified against its size and sha256) as the engine's JobInputs."""
-    model_path = folder / "model.onnx"
-    store.download(rows.model.blob_key, model_path, sha256=rows.model.sha256, size=rows.model.size_bytes)
+    needed = sum(model_files.scratch_needed(m) for m in [rows.model, *rows.others.values()])
+    needed += sum(ds.size_bytes for ds in rows.datasets.values())
+    free = shutil.disk_usage(folder).free
+    if free < needed + SPARE_BYTES:
+        raise EngineError(
+            ErrorCode.INPUT_UNAVAILABLE,
+            f"the worker has {free:,} bytes free for the job's inputs, which need {needed:,} (and a "
+            f"{SPARE_BYTES >> 20} MiB reserve): free disk space on the worker's scratch folder",
+        )
+    model_path = model_files.download(store, rows.model, folder / "model")
     datasets = {}
     for role, ds in rows.datasets.items():
         path = folder / f"{role}.{ds.format}"
@@ -76,8 +86,7 @@ def download_inputs(store: ObjectStore, rows: InputRows, folder: Path, *, max_th
         )
     models = {}
     for role, other in rows.others.items():
-        path = folder / f"{role}.model.onnx"
-        store.download(other.blob_key, path, sha256=other.sha256, size=other.size_bytes)
+        path = model_files.download(store, other, folder / f"{role}.model")
         models[role] = ModelInput(path=str(path), info=ModelInfo.model_validate(other.info))
     out_dir = folder / "out"
     out_dir.mkdir()

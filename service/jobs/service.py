@@ -146,6 +146,21 @@ def _checked_params(body: JobCreate, settings: Settings) -> tuple[AnyKind, Any]:
     return kind, params
 
 
+def _refuse_external_data(kind: AnyKind, infos: dict[str, ModelInfo]) -> None:
+    """Only the kinds that say so run on a bundle (weights in external files); the others refuse at submit."""
+    for what, info in infos.items():
+        if info.external_data_bytes and not kind.external_data:
+            able = ", ".join(n for n in kind_names() if get_kind(n).external_data)
+            raise problem_for(
+                EngineError(
+                    ErrorCode.UNSUPPORTED,
+                    f"{kind.name} does not run on models with external data yet: {what} keeps "
+                    f"{info.external_data_bytes:,} bytes of weights in external files (an archive upload); "
+                    f"these kinds do: {able}",
+                )
+            )
+
+
 def _checked_inputs(
     *, db: Session, settings: Settings, tenant_id: str, body: JobCreate, kind: AnyKind, params: Any
 ) -> tuple[Any, dict[str, str]]:
@@ -159,6 +174,9 @@ def _checked_inputs(
         if other is None:
             raise not_found("model", other_id)
         others[role] = ModelInfo.model_validate(other.info)
+    _refuse_external_data(
+        kind, {"the model": ModelInfo.model_validate(model.info)} | {f"the {r} model": i for r, i in others.items()}
+    )
     found = datasets_repo.get_many(db, tenant_id=tenant_id, ids=list(set(body.datasets.values())))
     for dataset_id in body.datasets.values():
         if dataset_id not in found:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.bundle import archive_kind
 from service.content import blob_response
 from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.model_files import service
@@ -18,10 +19,14 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelOut,
-    summary="Upload an ONNX model",
+    summary="Upload an ONNX model (one .onnx file, or a .zip/.tar archive of a model with its external data)",
     description="Streams the file to a temp file while hashing it, checks it in a child process with memory "
-    "and time limits (onnx.checker, ONNX Runtime session, no external data), then stores it. "
-    "201 for a new model; 200 with the existing model when this tenant uploaded the same bytes before.",
+    "and time limits (onnx.checker, ONNX Runtime session), then stores it. A model with external data (over "
+    "protobuf's 2 GB limit) comes as one archive holding its .onnx file and data files: every member is checked "
+    "while it is unpacked (no links, absolute paths, '..', duplicates; sizes and member count bounded), every "
+    "tensor's location must resolve inside the archive, and the weights are not loaded to inspect it. "
+    "201 for a new model; 200 with the existing model when this tenant uploaded the same bytes (or, for an "
+    "archive, the same files) before.",
     responses={
         200: {"model": ModelOut, "description": "Same bytes uploaded before: the existing model"},
         **UPLOAD_RESPONSES,
@@ -35,7 +40,8 @@ async def upload_model(
     return await create_from_request(
         request,
         db=db,
-        limit=settings.max_model_bytes,
+        limit=max(settings.max_model_bytes, settings.max_bundle_bytes),
+        limit_for=lambda head: settings.max_bundle_bytes if archive_kind(head) else settings.max_model_bytes,
         settings=settings,
         tenant_id=tenant.id,
         allowed_fields={"name"},
@@ -62,12 +68,17 @@ def get_model(model_id: str, tenant: TenantDep, db: SessionDep) -> ModelOut:
 
 @router.get(
     "/{model_id}/content",
-    summary="Download the model file",
+    summary="Download the model file (a bundle as a .tar archive of its files)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}},
 )
 def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    if row.parts:
+        chunks, length = service.tar_stream(store, row)
+        return blob_response(
+            chunks, size=length, sha256=row.sha256, filename=f"{row.name}.tar", media_type="application/x-tar"
+        )
     return blob_response(
         blobs.read(store=store, row=row),
         size=row.size_bytes,

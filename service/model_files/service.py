@@ -1,22 +1,28 @@
-"""Model files: upload (check in a sandbox, store, register), list, read, delete."""
+"""Model files: upload (check in a sandbox, store, register), list, read, delete. A model with external data comes
+as one archive (a bundle: engine.bundle), unpacked and checked member by member, stored part by part."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from engine.bundle import Bundle, BundleLimits, NoSpace, archive_format, safe_name, unpack
+from engine.core.errors import EngineError
 from engine.inspect import ModelInfo
 from service.db import insert_once, new_id
-from service.errors import not_found
+from service.errors import AppError, not_found, problem_for
 from service.model_files import repository as repo
-from service.model_files.tables import ModelFile
+from service.model_files.tables import ModelFile, ModelPart
 from service.pagination import split_page
 from service.sandboxing import check_in_sandbox
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage import service as blobs
-from service.uploads import Upload, clean_name
+from service.uploads import Upload, clean_name, too_large
 
 
 def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
@@ -33,8 +39,14 @@ def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
 def create_from_upload(
     *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload
 ) -> tuple[ModelFile, bool]:
-    """Returns (model, created). The same bytes from the same tenant return the existing model."""
+    """Returns (model, created). The same bytes from the same tenant return the existing model; an archive is a
+    bundle, the same files in any archive the same model."""
     name = clean_name(upload.fields.get("name"), upload.filename, default="model")
+    fmt = archive_format(upload.path)
+    if fmt is not None:
+        return _create_bundle(db=db, store=store, settings=settings, tenant_id=tenant_id, upload=upload, fmt=fmt)
+    if upload.size > settings.max_model_bytes:
+        raise too_large(settings.max_model_bytes)
     existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
     if existing is not None:
         return existing, False
@@ -52,6 +64,51 @@ def create_from_upload(
     )
 
 
+def _create_bundle(
+    *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload, fmt: str
+) -> tuple[ModelFile, bool]:
+    """Unpack into a private folder (every member checked), check and inspect in the sandbox without loading the
+    weights, store each file as its own blob, register the model with its parts."""
+    limits = BundleLimits(settings.bundle_max_members, settings.max_bundle_bytes, settings.max_bundle_bytes)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.tmp_dir, prefix="bundle-") as folder:
+        try:
+            bundle = unpack(upload.path, Path(folder), limits)
+        except EngineError as exc:
+            raise problem_for(exc) from None
+        except NoSpace as exc:
+            raise AppError(507, "insufficient-storage", str(exc), title="Insufficient storage") from None
+        existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=bundle.sha256)
+        if existing is not None:
+            return existing, False
+        value = check_in_sandbox(
+            settings=settings,
+            target="engine.bundle:check_and_inspect_bundle",
+            kwargs={
+                "path": str(Path(folder) / bundle.graph),
+                "root": folder,
+                "runtime_max_bytes": settings.inspect_runtime_max_bytes,
+            },
+            what="model",
+        )
+        keys = [
+            blobs.store_file(db=db, store=store, path=Path(folder) / p.name, sha256=p.sha256, size=p.size)
+            for p in bundle.parts
+        ]
+        name = clean_name(upload.fields.get("name"), upload.filename, default="model")
+        return register(
+            db=db,
+            tenant_id=tenant_id,
+            name=name,
+            filename=upload.filename,
+            sha256=bundle.sha256,
+            size=bundle.size,
+            blob_key=keys[0],
+            info=ModelInfo.model_validate(value).model_dump(mode="json"),
+            bundle=(fmt, bundle, keys),
+        )
+
+
 def register(
     *,
     db: Session,
@@ -63,6 +120,7 @@ def register(
     blob_key: str,
     info: dict[str, Any],
     source_job_id: str | None = None,
+    bundle: tuple[str, Bundle, list[str]] | None = None,
 ) -> tuple[ModelFile, bool]:
     """The one way a model row is made (uploads and jobs that produce models): (model, created). The same bytes
     of the same tenant are one model, also when two requests or jobs register them at the same moment."""
@@ -80,6 +138,13 @@ def register(
         info=info,
         source_job_id=source_job_id,
     )
+    if bundle is not None:
+        fmt, found, keys = bundle
+        row.bundle_format = fmt
+        row.parts = [
+            ModelPart(position=i, name=p.name, sha256=p.sha256, size_bytes=p.size, blob_key=key)
+            for i, (p, key) in enumerate(zip(found.parts, keys, strict=True))
+        ]
     return insert_once(db, row, lambda: repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256))
 
 
@@ -97,5 +162,49 @@ def list_page(*, db: Session, tenant_id: str, limit: int, cursor: str | None) ->
 
 def delete(*, db: Session, store: ObjectStore, tenant_id: str, model_id: str) -> None:
     row = get(db=db, tenant_id=tenant_id, model_id=model_id)
+    keys = {row.blob_key} | {p.blob_key for p in row.parts}
     repo.delete(db, row)
-    blobs.release(db=db, store=store, key=row.blob_key)
+    for key in sorted(keys):
+        blobs.release(db=db, store=store, key=key)
+
+
+def download(store: ObjectStore, row: ModelFile, folder: Path) -> Path:
+    """The model's files into `folder` (each verified); the path of its .onnx file. A bundle's parts keep their
+    names, so ONNX Runtime finds the external data beside the graph."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not row.parts:
+        path = folder / "model.onnx"
+        store.download(row.blob_key, path, sha256=row.sha256, size=row.size_bytes)
+        return path
+    for part in row.parts:
+        target = folder / safe_name(part.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.download(part.blob_key, target, sha256=part.sha256, size=part.size_bytes)
+    return folder / safe_name(row.parts[0].name)
+
+
+def scratch_needed(row: ModelFile) -> int:
+    """Bytes a download of the model takes on disk."""
+    return sum(p.size_bytes for p in row.parts) or row.size_bytes
+
+
+def tar_stream(store: ObjectStore, row: ModelFile) -> tuple[Iterator[bytes], int]:
+    """A bundle as a tar archive, streamed part by part (verified), and its exact length."""
+    import tarfile
+
+    headers = []
+    for part in row.parts:
+        info = tarfile.TarInfo(part.name)
+        info.size, info.mode, info.mtime = part.size_bytes, 0o644, int(row.created_at.timestamp())
+        headers.append(info.tobuf(format=tarfile.PAX_FORMAT))
+    pads = [b"\0" * (-p.size_bytes % 512) for p in row.parts]
+    length = sum(len(h) + p.size_bytes + len(pad) for h, p, pad in zip(headers, row.parts, pads, strict=True))
+
+    def chunks() -> Iterator[bytes]:
+        for header, part, pad in zip(headers, row.parts, pads, strict=True):
+            yield header
+            yield from store.iter_chunks(part.blob_key, sha256=part.sha256, size=part.size_bytes)
+            yield pad
+        yield b"\0" * 1024
+
+    return chunks(), length + 1024

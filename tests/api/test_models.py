@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests import onnx_models
-from tests.conftest import count_rows, stored_files
+from tests.conftest import count_rows, s3_client, s3_settings, stored_files
 
 PROBLEM = "application/problem+json"
 
@@ -196,27 +196,10 @@ def test_unknown_route_and_method_are_problems(client, auth) -> None:
 
 
 def test_upload_download_delete_on_the_s3_store(tmp_path, db_url, s3_endpoint, s3_bucket, key) -> None:
-    import boto3
-
     from service.app import create_app
-    from service.settings import Settings
 
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=db_url,
-        storage_url=f"s3://{s3_bucket}/models",
-        s3_endpoint_url=s3_endpoint,
-        s3_region="us-east-1",
-        s3_access_key_id="testing",
-        s3_secret_access_key="testing",
-    )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    settings = s3_settings(tmp_path / "data", s3_endpoint, s3_bucket, "models", database_url=db_url)
+    s3 = s3_client(s3_endpoint)
     path = onnx_models.cnn(tmp_path / "cnn.onnx")
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(settings)) as client:

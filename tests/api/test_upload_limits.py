@@ -63,7 +63,7 @@ def call_asgi(app, headers: dict[str, str], total: int, chunk: int = 64 << 10) -
 
 @pytest.fixture
 def small_limit(settings):
-    settings.max_model_bytes = 1 << 20
+    settings.max_model_bytes = settings.max_bundle_bytes = 1 << 20
     return settings.max_model_bytes
 
 
@@ -82,6 +82,17 @@ def test_streamed_body_over_the_limit_stops_at_the_limit(client, auth, small_lim
     assert pulled < small_limit + 2 * (64 << 10), f"read {pulled} bytes of a body over a {small_limit} limit"
     assert count_rows(db, "models") == 0 and stored_files(settings) == []
     assert list(settings.tmp_dir.glob("*")) == []
+
+
+def test_a_single_file_stops_at_its_own_limit_below_the_archive_limit(client, auth, db, settings) -> None:
+    """The body may be as large as an archive (max_bundle_bytes), but a file that does not start like one is held
+    to max_model_bytes as it streams: the server stops reading at that limit, not at the archive's."""
+    settings.max_model_bytes, settings.max_bundle_bytes = 1 << 20, 1 << 30
+    headers = auth | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    status, pulled, body = call_asgi(client.app, headers, total=50 << 20)
+    assert status == 413 and body["limit_bytes"] == 1 << 20
+    assert pulled < (1 << 20) + 2 * (64 << 10), f"read {pulled} bytes of a body over a 1 MiB limit"
+    assert count_rows(db, "models") == 0 and list(settings.tmp_dir.glob("*")) == []
 
 
 def test_body_under_the_limit_is_read_whole(client, auth, small_limit) -> None:

@@ -52,6 +52,27 @@ def test_upload_submit_wait_report_download(server, tmp_path) -> None:
         assert "Every trial" in c.report_html(job)
 
 
+def test_a_model_folder_with_external_data_uploads_as_a_bundle(server, tmp_path) -> None:
+    """The SDK packs a folder (the .onnx file and its data files) into a tar on the way; the archive itself, or the
+    same files again, is the same model; the download is the tar of the same files."""
+    import tarfile
+
+    from tests import bundles
+
+    url, key = server
+    folder = bundles.with_external_data(tmp_path / "mlp-bundle")
+    with Client(url, key) as c:
+        model = c.upload_model(folder, progress=False)
+        assert model.bundle_format == "tar" and model.name == "mlp-bundle"
+        assert [p["name"] for p in model.parts] == ["model.onnx", "model.onnx.data"]
+        archive = bundles.zip_of(tmp_path / "same.zip", bundles.files_of(folder))
+        assert c.upload_model(archive, progress=False).id == model.id
+        path = c.download_model(model, tmp_path / "back.tar", progress=False)
+        with tarfile.open(path) as t:
+            t.extractall(tmp_path / "back", filter="data")
+        assert bundles.files_of(tmp_path / "back") == bundles.files_of(folder)
+
+
 def test_problems_are_typed_exceptions(server, tmp_path) -> None:
     url, key = server
     with Client(url, key) as c:

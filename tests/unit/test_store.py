@@ -8,6 +8,7 @@ import pytest
 
 from service.settings import Settings
 from service.storage import BlobCorrupt, BlobMissing, blob_key, open_store
+from tests.conftest import s3_settings
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -16,16 +17,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
         return open_store(Settings(data_dir=tmp_path, storage_url=(tmp_path / "store").as_uri()))
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = request.getfixturevalue("s3_bucket")
-    return open_store(
-        Settings(
-            data_dir=tmp_path,
-            storage_url=f"s3://{bucket}/some/prefix",
-            s3_endpoint_url=endpoint,
-            s3_region="us-east-1",
-            s3_access_key_id="testing",
-            s3_secret_access_key="testing",
-        )
-    )
+    return open_store(s3_settings(tmp_path, endpoint, bucket, "some/prefix"))
 
 
 def _file(tmp_path: Path, data: bytes) -> tuple[Path, str]:

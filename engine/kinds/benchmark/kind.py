@@ -81,6 +81,7 @@ def _latency(times: list[float]) -> Latency:
 
 class Benchmark(Kind[BenchmarkParams, BenchmarkReport]):
     name = "benchmark"
+    external_data = True  # ONNX Runtime sessions from the path: the data files are read beside the graph
     Params = BenchmarkParams
     Report = BenchmarkReport
     roles = ("eval",)

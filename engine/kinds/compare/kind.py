@@ -40,6 +40,7 @@ class CompareReport(ReportBase):
 
 class Compare(Kind[CompareParams, CompareReport]):
     name = "compare"
+    external_data = True  # ONNX Runtime sessions from the path: the data files are read beside the graph
     Params = CompareParams
     Report = CompareReport
     roles = ("eval",)

@@ -51,6 +51,7 @@ class EvaluateReport(ReportBase):
 
 class Evaluate(Kind[EvaluateParams, EvaluateReport]):
     name = "evaluate"
+    external_data = True  # ONNX Runtime sessions from the path: the data files are read beside the graph
     Params = EvaluateParams
     Report = EvaluateReport
     roles = ("eval",)
