@@ -266,3 +266,17 @@ def model_bytes(path: str | Path) -> int:
         target = p.parent / location
         size += target.stat().st_size if target.is_file() else 0
     return size
+
+
+def has_external_data(path: str | Path) -> bool:
+    """The model at `path` keeps some tensor in an external file (read from the graph alone)."""
+    return any(True for _ in external_tensors(onnx.load_model(str(path), load_external_data=False)))
+
+
+def pack(folder: Path, archive: Path) -> Path:
+    """A bundle folder as an uncompressed tar (members by relative name, the .onnx file first)."""
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".onnx", str(p)))
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as t:
+        for path in files:
+            t.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return archive

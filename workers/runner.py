@@ -294,12 +294,13 @@ def _run_engine_and_save(
         log.info("job %s: result of attempt %d dropped (cancelled or taken over)", job_id, attempt)
         return False
     log.info(
-        "job %s succeeded in attempt %d (fetch %.3f s, engine %.3f s, save %.3f s)",
+        "job %s succeeded in attempt %d (fetch %.3f s, engine %.3f s, save %.3f s; engine child peak RSS %d MB)",
         job_id,
         attempt,
         t_fetched - t0,
         t_ran - t_fetched,
         time.perf_counter() - t_ran,
+        result.peak_rss_kb // 1024,
     )
     return True
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.bundle import SPARE_BYTES
+from engine.bundle import SPARE_BYTES, archive_format
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import DatasetInput, JobInputs, ModelInput
 from engine.core.kind import ArtifactOut, JobOutput
@@ -108,21 +108,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _register_model(db: Session, job: Job, art: ArtifactOut, sha: str, size: int, key: str) -> str:
+def _register_model(
+    db: Session, store: ObjectStore, job: Job, art: ArtifactOut, path: Path, sha: str, size: int, key: str
+) -> str:
     """A produced model becomes a model of the tenant (source_job_id set), so a chain is another job on it; the same
     bytes (produced twice, or uploaded) are the same model."""
     original = models_repo.get(db, tenant_id=job.tenant_id, model_id=job.model_id or "")
-    row, _ = model_files.register(
-        db=db,
-        tenant_id=job.tenant_id,
-        name=f"{original.name if original else 'model'}-{art.register_as_model}"[:200],
-        filename=Path(art.filename).name,
-        sha256=sha,
-        size=size,
-        blob_key=key,
-        info=art.model_info or {},
-        source_job_id=job.id,
-    )
+    fields: dict[str, Any] = {
+        "db": db,
+        "tenant_id": job.tenant_id,
+        "name": f"{original.name if original else 'model'}-{art.register_as_model}"[:200],
+        "filename": Path(art.filename).name,
+        "info": art.model_info or {},
+        "source_job_id": job.id,
+    }
+    if path.suffix == ".tar" and archive_format(path) == "tar":  # a bundle (a model with external data)
+        row, _ = model_files.register_archive(store=store, path=path, **fields)
+    else:
+        row, _ = model_files.register(sha256=sha, size=size, blob_key=key, **fields)
     return row.id
 
 
@@ -150,5 +153,5 @@ def save_outputs(db: Session, store: ObjectStore, *, job: Job, attempt: int, out
             ),
         )
         if art.register_as_model:
-            report["output_model_id"] = _register_model(db, job, art, sha, size, key)
+            report["output_model_id"] = _register_model(db, store, job, art, path, sha, size, key)
     return repo.finish(db, job.id, attempt, status="succeeded", report=report)

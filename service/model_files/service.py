@@ -148,6 +148,23 @@ def register(
     return insert_once(db, row, lambda: repo.get_by_sha256(db, tenant_id=tenant_id, sha256=sha256))
 
 
+OWN_OUTPUT = BundleLimits(max_members=100_000, max_member_bytes=1 << 50, max_total_bytes=1 << 50)  # the engine's
+
+
+def register_archive(*, store: ObjectStore, path: Path, **fields: Any) -> tuple[ModelFile, bool]:
+    """A job's produced bundle (a tar the engine packed): unpacked beside it (checked as any archive), each file
+    stored as its own blob, registered like an uploaded bundle."""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix="bundle-") as folder:
+        bundle = unpack(path, Path(folder), OWN_OUTPUT)
+        keys = [
+            blobs.store_file(db=fields["db"], store=store, path=Path(folder) / p.name, sha256=p.sha256, size=p.size)
+            for p in bundle.parts
+        ]
+        return register(
+            sha256=bundle.sha256, size=bundle.size, blob_key=keys[0], bundle=("tar", bundle, keys), **fields
+        )
+
+
 def get(*, db: Session, tenant_id: str, model_id: str) -> ModelFile:
     row = repo.get(db, tenant_id=tenant_id, model_id=model_id)
     if row is None:

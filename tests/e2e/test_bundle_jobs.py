@@ -48,3 +48,30 @@ def test_evaluate_benchmark_and_compare_run_on_a_bundle(api, worker, tmp_path) -
     total = sum(len(b) for _, b in bundles.files_of(folder))
     assert comparison["size_bytes"]["candidate"] == total  # the data file counted with the graph
     assert np.isfinite(reports["benchmark"]["results"][0]["latency_ms"]["p50"])
+
+
+def test_weight_only_quantizes_a_bundle_into_a_bundle(api, worker, tmp_path) -> None:
+    """quantize weight_only streams a bundle one tensor at a time; the produced model is a bundle too (registered
+    part by part, its artifact a tar); the modes that would load the model whole are refused at submit."""
+    folder = bundles.with_external_data(tmp_path / "m", onnx_models.mlp_model(n_in=64, hidden=1024))
+    model_id = upload_model(api, bundles.tar_of(tmp_path / "mlp.tar", bundles.files_of(folder)))
+    x, y = data_files.classification(n=120)
+    ds = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x, y=y))
+    refused = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}})
+    assert refused.status_code == 422 and "weight_only (rtn) only" in refused.json()["detail"]
+    job = submit(
+        api, kind="quantize", model_id=model_id, datasets={"eval": ds},
+        params={"mode": "weight_only", "block_size": 32, "runs": 5, "batch_sizes": [1]},
+    )  # fmt: skip
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["config"]["streamed"] is True and report["config"]["quantized_weights"] == 2
+    assert report["comparison"]["size_bytes"]["ratio"] < 0.25  # the data file counted with the graph
+    produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+    assert produced["bundle_format"] == "tar" and [p["name"] for p in produced["parts"]] == [
+        "model.onnx", "model.onnx.data"
+    ]  # fmt: skip
+    assert produced["info"]["op_histogram"].get("com.microsoft:MatMulNBits") == 2
+    (artifact,) = api.get(f"/v1/jobs/{job['id']}/artifacts").json()
+    assert artifact["filename"] == "model.quant.tar" and artifact["media_type"] == "application/x-tar"

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from engine import binding
+from engine.bundle import check_and_inspect_bundle, has_external_data, model_bytes, pack
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
@@ -68,6 +69,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
     Report = QuantizeReport
     roles = ("eval", "calibration", "train")
     queue = "measure"
+    external_data = True  # weight_only only (validate): streamed one tensor at a time
 
     def charts(self, report: dict[str, Any]) -> dict[str, Any]:
         from engine.kinds.quantize.charts import charts
@@ -93,6 +95,12 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             found = sorted(op for op in info.op_histogram if op.split(":")[-1] in QUANTIZED_OPS)
             raise EngineError(
                 ErrorCode.ALREADY_QUANTIZED, f"the model is already quantized (it has {', '.join(found)})"
+            )
+        if info.external_data_bytes and (params.mode != "weight_only" or params.weight_only_algorithm != "rtn"):
+            raise EngineError(
+                ErrorCode.UNSUPPORTED,
+                "a model with external data is quantized by weight_only (rtn) only, one tensor at a time; "
+                f"{params.mode}{' hqq' if params.mode == 'weight_only' else ''} would load it whole",
             )
         if info.initializer_bytes == 0 or info.parameter_count == 0:
             ml = ml_operators(info)
@@ -144,6 +152,9 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
     def run(self, ctx: RunContext, params: QuantizeParams) -> Outcome[QuantizeReport]:
         info, progress = ctx.info, ctx.progress
         src, dst = Path(ctx.inputs.model_path), ctx.out_dir / "model.quant.onnx"
+        if info.external_data_bytes:  # a bundle in, a bundle out: built in scratch, handed over as a tar
+            dst = ctx.scratch / "quantized" / "model.onnx"
+            dst.parent.mkdir()
         forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
         batch = forced or 16  # calibration batches
         reader, feeds = _calibration(ctx, params, batch)
@@ -168,7 +179,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             seconds = time.perf_counter() - started
         progress(0.6, "checking the produced model")
         try:
-            out_info = check_and_inspect(str(dst))
+            out_info = _inspect_output(dst)
         except EngineError as exc:
             raise EngineError(ErrorCode.QUANTIZATION_FAILED, f"the produced model is not valid: {exc.detail}") from None
         errors = _error_table(ctx, params, mode, config, feeds, dst, batch)
@@ -193,26 +204,41 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             calibration_samples=reader.samples if reader and mode == "static" else None,
             output_model={
                 "filename": dst.name,
-                "size_bytes": dst.stat().st_size,
+                "size_bytes": model_bytes(dst),
                 "info": out_info.model_dump(mode="json"),
             },  # fmt: skip
             usable=not bad,
             layer_errors=errors,
             auto=auto,
         )
-        kept = auto is not None and auto.kept_original
-        if kept:
-            report.handed_back = "original"
-            dst = dst.rename(dst.with_name("best_attempt.onnx"))
-            report.output_model["filename"] = dst.name
-        artifact = ArtifactOut(
-            role="best_attempt" if kept else "model",
-            filename=dst.name,
-            media_type="application/octet-stream",
-            register_as_model=None if kept else mode if params.mode != "auto" else f"auto-{mode}",
-            model_info=out_info.model_dump(mode="json"),
-        )
+        artifact = _artifact(report, dst, ctx.out_dir, auto is not None and auto.kept_original, out_info, params)
         return Outcome(report, [artifact])
+
+
+def _inspect_output(dst: Path) -> ModelInfo:
+    if has_external_data(dst):
+        return check_and_inspect_bundle(str(dst), str(dst.parent), runtime_max_bytes=1 << 62)
+    return check_and_inspect(str(dst))
+
+
+def _artifact(
+    report: QuantizeReport, dst: Path, out_dir: Path, kept: bool, info: ModelInfo, params: QuantizeParams
+) -> ArtifactOut:
+    """The produced model as the job's artifact: the .onnx file, or a bundle (external data) packed as a tar."""
+    if dst.parent != out_dir:
+        dst = pack(dst.parent, out_dir / ("best_attempt.tar" if kept else "model.quant.tar"))
+    elif kept:
+        dst = dst.rename(dst.with_name("best_attempt.onnx"))
+    if kept:
+        report.handed_back = "original"
+    report.output_model["filename"] = dst.name
+    return ArtifactOut(
+        role="best_attempt" if kept else "model",
+        filename=dst.name,
+        media_type="application/x-tar" if dst.suffix == ".tar" else "application/octet-stream",
+        register_as_model=None if kept else report.mode if params.mode != "auto" else f"auto-{report.mode}",
+        model_info=info.model_dump(mode="json"),
+    )
 
 
 def _calibration(

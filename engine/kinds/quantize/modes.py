@@ -10,11 +10,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from engine.bundle import has_external_data
 from engine.core.errors import EngineError, ErrorCode
 from engine.inspect import ModelInfo
 from engine.kinds.quantize.calibration import CALIB_MERGE_EVERY, Reader
 from engine.kinds.quantize.candidates import embedding_tables
 from engine.kinds.quantize.params import QuantizeParams
+from engine.kinds.quantize.streamed import weight_only_streamed
 
 QUANTIZED_OPS = {
     "QuantizeLinear",
@@ -71,7 +73,7 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
 
 def left_in_float(path: Path) -> list[str]:
     """Weighted nodes whose weight is still a float initializer (not fed through DequantizeLinear)."""
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # names and types only
     floats = {t.name for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
     out = []
     for node in model.graph.node:
@@ -198,6 +200,16 @@ def _weight_only(src: Path, dst: Path, params: QuantizeParams) -> dict[str, Any]
     linear layers as either); only MatMuls whose weight is a 2-D initializer are quantized, the rest stays float.
     Embedding tables (RTN): GatherBlockQuantized needs opset 21, to which ORT lifts the model; when the lifted model
     fails the checker (an op whose signature changed since the model's opset), it is redone without them."""
+    if has_external_data(src):  # too big to load whole: one tensor at a time (engine.kinds.quantize.streamed)
+        return weight_only_streamed(
+            src,
+            dst,
+            block_size=params.block_size,
+            symmetric=params.weight_only_symmetric,
+            accuracy_level=params.accuracy_level or None,
+            exclude=set(params.nodes_to_exclude),
+            max_tensor_bytes=params.weight_only_max_tensor_bytes,
+        )
     # ORT's HQQ has no Gather; without an embedding table, asking for Gather would only lift the opset
     gather = params.weight_only_gather and params.weight_only_algorithm == "rtn" and embedding_tables(src) > 0
     model = _nbits(src, params, gather=gather)

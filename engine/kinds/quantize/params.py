@@ -40,6 +40,12 @@ class QuantizeParams(StrictParams):
         description="weight_only (rtn): embedding tables (Gather) in 4-bit too (GatherBlockQuantized; the model's "
         "opset becomes 21); ORT's HQQ cannot",
     )
+    weight_only_max_tensor_bytes: int = Field(
+        default=2 << 30,
+        ge=1 << 20,
+        description="weight_only on a model with external data (quantized one tensor at a time, streamed): "
+        "MatMul weights larger than this (float32 bytes) stay float; bounds the job's peak memory",
+    )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=0,
         description="weight_only: MatMulNBits' compute type (0: the input's type, fp32 here; 4: int8 activations, "
