@@ -75,11 +75,17 @@ def test_kinds_that_cannot_run_on_a_bundle_refuse_it_at_submit(client, auth, tmp
     folder = bundles.with_external_data(tmp_path / "m")
     model_id = upload(client, auth, bundles.tar_of(tmp_path / "m.tar", bundles.files_of(folder))).json()["id"]
     r = client.post(
-        "/v1/jobs", headers=auth, json={"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}}
+        "/v1/jobs",
+        headers=auth,
+        json={"kind": "prune", "model_id": model_id, "params": {"method": "magnitude", "ratio": 0.5}},
     )
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
     detail = r.json()["detail"]
-    assert "quantize does not run on models with external data" in detail and "evaluate" in detail, detail
+    assert "prune does not run on models with external data" in detail and "evaluate" in detail, detail
+    assert "quantize" in detail  # weight_only runs on bundles; the other modes are refused by the kind itself
+    body = {"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}}
+    r = client.post("/v1/jobs", headers=auth, json=body)
+    assert r.status_code == 422 and "weight_only (rtn) only" in r.json()["detail"]
 
 
 def _hostile(tmp_path, case: str):
