@@ -84,10 +84,11 @@ def _kv(title: str, data: dict[str, Any]) -> Table:
 # -- models ----------------------------------------------------------------------------------------------------
 @models_app.command("upload")
 def models_upload(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False), name: str | None = None,
+    path: Path = typer.Argument(..., exists=True), name: str | None = None,
     server: str | None = SERVER, api_key: str | None = API_KEY, as_json: bool = JSON,
 ) -> None:  # fmt: skip
-    """Upload an ONNX file (streamed, with a progress bar on a terminal)."""
+    """Upload an ONNX file (streamed, with a progress bar on a terminal); a model with external data as its folder
+    (packed into a .tar on the way) or as a .zip/.tar archive."""
     with remote(server, api_key) as c:
         m = c.upload_model(path, name=name)
     emit(m, as_json, _kv(f"model {m.id}", {"name": m.name, "size_bytes": m.size_bytes, "sha256": m.sha256}))

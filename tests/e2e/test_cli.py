@@ -66,6 +66,11 @@ def test_commands_against_a_server(server, files, tmp_path) -> None:
     r = _run("models", "upload", str(files["model"]), "--json", env=env)
     assert r.exit_code == 0, r.output
     model_id = json.loads(r.stdout)["id"]
+    from tests import bundles
+
+    folder = bundles.with_external_data(tmp_path / "with-data")  # a model with external data: its folder
+    r = _run("models", "upload", str(folder), "--json", env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["bundle_format"] == "tar", r.output
     r = _run("datasets", "upload", str(files["test"]), "--name", "test", "--json", env=env)
     test_id = json.loads(r.stdout)["id"]
     assert model_id in _run("models", "list", env=env).stdout
