@@ -438,10 +438,24 @@ class Client:
             return self._json("POST", url, files=parts, data=data)
 
     # models -----------------------------------------------------------------------------------------------------
-    def upload_model(self, path: str | os.PathLike, *, name: str | None = None, progress: bool | None = None) -> Model:
+    def upload_model(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        progress: bool | None = None,
+        resumable: bool | None = None,
+        resume: str | None = None,
+    ) -> Model:
         """Upload an ONNX file (streamed); the existing model when these bytes were uploaded before. A model with
-        external data: its folder (packed into a .tar on the way) or a .zip/.tar archive of it."""
+        external data: its folder (packed into a .tar on the way) or a .zip/.tar archive of it. Files over 64 MiB
+        (or with `resumable=True`) go in parts, sent in parallel and each re-sent after a dropped connection; an
+        upload that still failed resumes with `resume=<its id>` (the error names it)."""
+        from onnxsmith.resumable import RESUMABLE_BYTES, upload_in_parts
+
         with model_file(Path(path)) as file:
+            if resume or (resumable if resumable is not None else file.stat().st_size > RESUMABLE_BYTES):
+                return Model.model_validate(upload_in_parts(self, file, name, progress, resume))
             return Model.model_validate(self._upload("/v1/models", file, {"name": name}, progress))
 
     def get_model(self, model: str | BaseModel) -> Model:

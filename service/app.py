@@ -24,6 +24,7 @@ from service.model_files.router import router as models_router
 from service.settings import Settings, get_settings
 from service.storage import open_store
 from service.tenants import service as tenants
+from service.upload_sessions.router import router as uploads_router
 
 log = logging.getLogger("onnxsmith.api")
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(observability.router)
     app.include_router(models_router)
+    app.include_router(uploads_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
     app.include_router(kinds_router)

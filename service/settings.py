@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="Largest accepted model archive (a .zip or .tar of a model with its external data files), as "
         "uploaded and as unpacked (bytes). A single .onnx file stays under max_model_bytes.",
     )
+    upload_part_bytes: int = Field(
+        default=16 << 20, ge=1 << 16, description="Part size of resumable uploads (POST /v1/uploads)."
+    )
+    upload_session_ttl_s: float = Field(
+        default=24 * 3600.0, description="A resumable upload untouched for this long is removed with its parts."
+    )
     bundle_max_members: int = Field(default=1000, description="Most members (files and folders) in a model archive.")
     inspect_runtime_max_bytes: int = Field(
         default=512 << 20,

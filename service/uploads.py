@@ -252,9 +252,9 @@ class UploadSlots:
         keys = (tenant_id, "")
         with self._lock:
             if self._count.get(tenant_id, 0) >= per_tenant:
-                raise _busy(f"this tenant already has {per_tenant} uploads in flight (max_uploads_per_tenant)")
+                raise busy(f"this tenant already has {per_tenant} uploads in flight (max_uploads_per_tenant)")
             if self._count.get("", 0) >= total:
-                raise _busy(f"the server already has {total} uploads in flight (max_uploads)")
+                raise busy(f"the server already has {total} uploads in flight (max_uploads)")
             for key in keys:
                 self._count[key] = self._count.get(key, 0) + 1
         try:
@@ -265,7 +265,7 @@ class UploadSlots:
                     self._count[key] -= 1
 
 
-def _busy(detail: str) -> AppError:
+def busy(detail: str) -> AppError:
     return AppError(
         429,
         "too-many-uploads",

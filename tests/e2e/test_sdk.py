@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import httpx
@@ -71,6 +72,46 @@ def test_a_model_folder_with_external_data_uploads_as_a_bundle(server, tmp_path)
         with tarfile.open(path) as t:
             t.extractall(tmp_path / "back", filter="data")
         assert bundles.files_of(tmp_path / "back") == bundles.files_of(folder)
+
+
+class _Dropping(httpx.HTTPTransport):
+    """Drops the connection while sending the parts named in `drop` (once each): as a flaky network would."""
+
+    def __init__(self, drop: set[int]) -> None:
+        super().__init__()
+        self.drop, self.sent = drop, []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and "/parts/" in request.url.path:
+            n = int(request.url.path.rsplit("/", 1)[1])
+            self.sent.append(n)
+            if n in self.drop:
+                self.drop.discard(n)
+                raise httpx.WriteError("connection dropped mid-part", request=request)
+        return super().handle_request(request)
+
+
+def test_a_large_upload_goes_in_parts_and_resumes_after_dropped_connections(server, e2e_settings, tmp_path) -> None:
+    from onnxsmith import ConnectionFailed
+
+    e2e_settings.upload_part_bytes = 1 << 16  # the live server reads its settings per request
+    url, key = server
+    path = onnx_models.big_mlp(tmp_path / "big.onnx", megabytes=1)  # 17 parts
+    flaky = _Dropping({2, 5})
+    with Client(url, key, transport=flaky, backoff=0.01) as c:  # each dropped part is re-sent on its own
+        model = c.upload_model(path, resumable=True, progress=False)
+    assert sorted(flaky.sent) == sorted([*range(17), 2, 5]) and model.size_bytes == path.stat().st_size
+    # a connection down for good: the error names the upload, which resumes later, sending only what is missing
+    other = onnx_models.big_mlp(tmp_path / "other.onnx", megabytes=1, fill=2.0)
+    down = _Dropping(set(range(8, 17)))
+    with Client(url, key, transport=down, retries=0) as c, pytest.raises(ConnectionFailed) as exc:
+        c.upload_model(other, resumable=True, progress=False)
+    upload_id = str(exc.value).split("resume=")[-1].strip("'")
+    again = _Dropping(set())
+    with Client(url, key, transport=again) as c:
+        resumed = c.upload_model(other, resume=upload_id, progress=False)
+    assert set(again.sent) == set(range(17)) - {n for n in down.sent if n < 8} and resumed.id != model.id
+    assert resumed.sha256 == hashlib.sha256(other.read_bytes()).hexdigest()
 
 
 def test_problems_are_typed_exceptions(server, tmp_path) -> None:
