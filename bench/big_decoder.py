@@ -8,6 +8,7 @@ a time; size ratio, logit cosine on random prompts, the job child's peak RSS fro
 
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'
     HF_HUB_OFFLINE=1 .venv-bench/bin/python bench/big_decoder.py [--layers 22] [--dir /path/with/30GB]
+        [--production]   # PostgreSQL (a new database on 127.0.0.1:5432), Redis (db 14), moto's S3 server
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8797)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--production", action="store_true", help="PostgreSQL + Redis + an S3-compatible store")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="onnxsmith-big-", dir=args.dir))
     m = machine_info()
@@ -88,23 +91,63 @@ def main() -> None:
     np.savez(work / "prompts.npz", input_ids=rng.integers(0, args.vocab, (8, 16), dtype=np.int64))
     env = dict(os.environ, ONNXSMITH_DATA_DIR=str(work / "data"), ONNXSMITH_JOB_MEMORY_MB="20000")
     env.pop("ONNXSMITH_DATABASE_URL", None)
+    cleanup, key = production(env, work) if args.production else (None, None)
+    print("deployment:", "PostgreSQL + Redis + S3 (moto server)" if args.production else "embedded default")
     log = open(work / "serve.log", "w+")  # noqa: SIM115 - lives as long as the server below
     server = subprocess.Popen(
         [sys.executable, "-m", "onnxsmith.cli", "serve", "--port", str(args.port)],
         stdout=subprocess.PIPE, stderr=log, env=env, text=True, cwd=ROOT,
     )  # fmt: skip
     try:
-        run(server, log, work, folder, args.port, args.block_size)
+        run(server, log, work, folder, args.port, args.block_size, key)
     finally:
         server.terminate()
         server.wait(30)
+        if cleanup is not None:
+            cleanup()
 
 
-def run(server: subprocess.Popen, log, work: Path, folder: Path, port: int, block: int) -> None:  # type: ignore[type-arg]
+def production(env: dict[str, str], work: Path) -> tuple[Any, str]:
+    """A new PostgreSQL database, Redis db 14, a moto S3 server (objects spill to disk): env set, schema migrated,
+    a key made. Returns (cleanup, key)."""
+    import boto3
+    import redis
+    from moto.server import ThreadedMotoServer
+
+    name = f"onnxsmith_big_{os.getpid()}"
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {name}"], check=True)
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=8796 + 100, verbose=False)
+    s3.start()
+    endpoint = "http://127.0.0.1:8896"
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    boto3.client("s3", endpoint_url=endpoint, **creds).create_bucket(Bucket="onnxsmith-big")
+    env.update(
+        ONNXSMITH_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        ONNXSMITH_BROKER_URL="redis://127.0.0.1:6379/14",
+        ONNXSMITH_STORAGE_URL="s3://onnxsmith-big/models",
+        ONNXSMITH_S3_ENDPOINT_URL=endpoint,
+        ONNXSMITH_S3_REGION="us-east-1",
+        ONNXSMITH_S3_ACCESS_KEY_ID="testing",
+        ONNXSMITH_S3_SECRET_ACCESS_KEY="testing",
+    )
+    cli = [sys.executable, "-m", "onnxsmith.cli"]
+    subprocess.run([*cli, "db", "upgrade"], check=True, env=env, cwd=ROOT, capture_output=True)
+    made = subprocess.run([*cli, "keys", "create", "--tenant", "bench"], check=True, env=env, cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    key = next(line for line in made.stdout.splitlines() if line.startswith("osk_"))
+
+    def cleanup() -> None:
+        s3.stop()
+        redis.Redis.from_url("redis://127.0.0.1:6379/14").flushdb()
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE {name}"], check=False)
+
+    return cleanup, key
+
+
+def run(server: subprocess.Popen, log, work: Path, folder: Path, port: int, block: int, key: str | None) -> None:  # type: ignore[type-arg]
     from onnxsmith import Client
 
-    key = ""
-    while not key.startswith("osk_"):
+    while key is None or not key.startswith("osk_"):
         key = server.stdout.readline().strip()  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):

@@ -98,6 +98,24 @@ def archive_kind(head: bytes) -> str | None:
     return None
 
 
+def zip_entries(path: Path) -> int:
+    """The member count a zip's end-of-central-directory record declares (zip64 too); 0 when it has none (then
+    zipfile refuses the file as damaged)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 12:
+        return 0
+    count = int.from_bytes(tail[at + 10 : at + 12], "little")
+    if count == 0xFFFF:
+        at64 = tail.rfind(b"PK\x06\x06", 0, at)
+        if at64 >= 0 and len(tail) >= at64 + 40:
+            count = int.from_bytes(tail[at64 + 32 : at64 + 40], "little")
+    return count
+
+
 def safe_name(raw: str) -> str:
     """A member name as a relative POSIX path inside the bundle, or a refusal saying what is wrong with it."""
     if "\x00" in raw or "\\" in raw:
@@ -141,6 +159,8 @@ def unpack(path: Path, dest: Path, limits: BundleLimits) -> Bundle:
     fmt = archive_format(path)
     if fmt is None:
         raise _refuse("not a .zip or .tar archive")
+    if fmt == "zip" and zip_entries(path) > limits.max_members:  # before zipfile reads the whole directory
+        raise _refuse(f"the archive has more than {limits.max_members} members")
     seen: set[str] = set()
     parts: list[Part] = []
     total = count = 0

@@ -66,7 +66,11 @@ def _out(settings: Settings, s: service.Session) -> UploadOut:
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
     summary="Start a resumable model upload (for large files: parts sent separately, re-sendable)",
-    responses={413: {"description": "Over the size limit"}, 507: {"description": "No disk room"}},
+    responses={
+        413: {"description": "Over the size limit"},
+        429: {"description": "This key already has max_uploads_per_tenant resumable uploads open (Retry-After)"},
+        507: {"description": "No disk room"},
+    },
 )
 def create_upload(body: UploadCreate, tenant: TenantDep, settings: SettingsDep) -> UploadOut:
     s = service.create(settings=settings, tenant_id=tenant.id, size=body.size, filename=body.filename, name=body.name)

@@ -116,6 +116,8 @@ def _hostile(tmp_path, case: str):
         return tar, "damaged or truncated"
     if case == "too-many-members":
         return bundles.tar_of(tar, [*good, *[(f"extra{i}.txt", b"x") for i in range(5)]]), "more than 4 members"
+    if case == "zip-too-many-members":  # counted from the end record, before zipfile reads the directory
+        return bundles.zip_of(zip_, [*good, *[(f"extra{i}.txt", b"x") for i in range(5)]]), "more than 4 members"
     if case == "zip-bomb":  # 4 MB of zeros deflate to a few kB: the unpacked size is what is bounded
         return bundles.zip_of(zip_, [*good, ("zeros.bin", bytes(4 << 20))]), "is over 1048576 bytes"
     if case == "no-onnx":
@@ -136,7 +138,7 @@ def _hostile(tmp_path, case: str):
 
 HOSTILE = [
     "traversal", "absolute", "symlink", "zip-symlink", "hardlink", "device", "duplicate", "larger-than-declared",
-    "truncated", "too-many-members", "zip-bomb", "no-onnx", "two-onnx",
+    "truncated", "too-many-members", "zip-too-many-members", "zip-bomb", "no-onnx", "two-onnx",
     "location-escapes", "location-absolute", "location-missing", "location-short",
 ]  # fmt: skip
 
