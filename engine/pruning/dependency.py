@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from engine.inspect import attribute
+
 CHANNEL_WISE = {
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus",
     "Gelu", "Erf", "Dropout", "Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -92,10 +94,7 @@ class Graph:
         return numpy_helper.to_array(self.inits[name])
 
     def attr(self, node: onnx.NodeProto, name: str, default: Any) -> Any:
-        for a in node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
+        return attribute(node, name, default)
 
     def uses(self, name: str) -> int:
         return len(self.consumers.get(name, []))
@@ -159,7 +158,6 @@ class Groups:
     def __init__(self, g: Graph, layers: dict[str, str], units: dict[str, int]) -> None:
         """`layers`: output tensor -> weight name of every prunable layer; `units`: weight name -> unit count."""
         self.parent = {w: w for w in layers.values()}  # layer-level union-find
-        self.units = units
         self.blocked: dict[str, str] = {}
         self.ids: dict[str, np.ndarray] = {}  # weight -> the channel ids of its outputs
         self.maps: dict[str, np.ndarray] = {}  # tensor -> channel ids along its channel axis (-1: untracked)
@@ -329,27 +327,24 @@ class Groups:
                         coeff[index[self._root(i)]] += 1
                 rows.append((coeff, int((block < 0).sum())))
             constraints.append(rows)
-        sizes = np.bincount(np.concatenate(list(class_of.values())), minlength=len(roots))
-        return Space(len(roots), class_of, constraints, sizes)
+        return Space(len(roots), class_of, constraints)
 
 
 @dataclass
 class Space:
     """A group's channels as the selection sees them: `n` classes (channels kept or removed together), each
     member's output channels as class indices, equal-count constraints (per constraint, per block: how many
-    channels of each class the block holds, and how many channels outside the group it holds, always kept), and
-    how many member channels each class stands for."""
+    channels of each class the block holds, and how many channels outside the group it holds, always kept)."""
 
     n: int
     class_of: dict[str, np.ndarray]
     constraints: list[list[tuple[np.ndarray, int]]]
-    sizes: np.ndarray
 
 
 def depthwise(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
     """A depthwise Conv (one input channel per group, as many groups as channels): it keeps channels apart."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return False
-    group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+    group = attribute(node, "group", 1)
     dims = list(inits[node.input[1]].dims)
     return group > 1 and len(dims) > 1 and dims[1] == 1 and group == dims[0]

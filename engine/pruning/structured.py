@@ -51,7 +51,6 @@ from engine.pruning.dependency import (
 from engine.pruning.importance import (
     aligned,
     class_importance,
-    group_importance,
     importance,
     select,
     select_equal_counts,
@@ -297,15 +296,15 @@ def _select(
 ) -> tuple[dict[str, np.ndarray] | str, str]:
     """Each member's kept channels, and how they were chosen; or why nothing is removed."""
     members = list(space.class_of)
-    if block is not None:  # whole heads, in the query's channel order
-        keep = select(group_importance([scores[w] for w in members]), ratio, 1, block.head_dim)
+    value = class_importance(scores, space.class_of, space.n)
+    if block is not None:  # whole heads, in the query's channel order (key and value are joined to it)
+        keep = select(value[space.class_of[block.query]], ratio, block.head_dim)
         if keep is None:
             return f"{space.n} unit(s): the ratio removes none", ""
         return {w: keep for w in members}, f", whole heads of {block.head_dim}"
-    value = class_importance(scores, space.class_of, space.n)
     partial = any(len(np.unique(c)) < space.n for c in space.class_of.values())
     if not space.constraints and not partial:
-        kept = select(value, ratio, 1)
+        kept = select(value, ratio)
         how = ""
     else:
         every_member = [[(np.bincount(c, minlength=space.n).astype(float), 0)] for c in space.class_of.values()]
