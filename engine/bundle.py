@@ -76,7 +76,14 @@ class NoSpace(Exception):  # noqa: N818
     """The disk the bundle is unpacked to has no room for the next member (the server's problem, not the user's)."""
 
 
-SPARE_BYTES = 256 << 20  # left free on the disk after every member
+SPARE_BYTES = 256 << 20  # left free on the disk after every write that checks for room
+
+
+def require_room(folder: Path, needed: int, what: str) -> None:
+    """Raise NoSpace unless `folder`'s disk keeps SPARE_BYTES free after `needed` more bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + SPARE_BYTES:
+        raise NoSpace(f"no room for {what} ({needed:,} bytes; {free:,} bytes free, {SPARE_BYTES >> 20} MiB kept spare)")
 
 
 def _refuse(detail: str) -> EngineError:
@@ -183,9 +190,7 @@ def unpack(path: Path, dest: Path, limits: BundleLimits) -> Bundle:
             if total > limits.max_total_bytes:
                 raise _refuse(f"the archive unpacks to more than {limits.max_total_bytes} bytes")
             assert stream is not None
-            free = shutil.disk_usage(dest).free
-            if free < declared + SPARE_BYTES:
-                raise NoSpace(f"no room to unpack {name!r} ({declared} bytes; {free} bytes free on the server)")
+            require_room(dest, declared, f"unpacking {name!r}")
             parts.append(_write(stream, dest, name, declared))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, zipfile.BadZipFile) and "CRC" in str(exc):
@@ -224,7 +229,20 @@ def external_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, dict[str, st
     """(tensor name, its external_data entries) for every tensor stored outside the file, subgraphs included."""
     for name, tensor in all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
-            yield name, {e.key: e.value for e in tensor.external_data}
+            yield name, entries(tensor)
+
+
+def entries(tensor: TensorProto) -> dict[str, str]:
+    """A tensor's external_data entries (location, offset, length, ...) as a dict."""
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def external_span(entries: dict[str, str], base: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor whose .onnx file is in `base`; no length means to the end of
+    the file. ValueError for a non-integer offset or length. Only for locations check_locations has accepted."""
+    target = base / entries.get("location", "")
+    offset, length = int(entries.get("offset", "0")), int(entries.get("length", "-1"))
+    return target, offset, os.path.getsize(target) - offset if length < 0 else length
 
 
 def check_locations(model: onnx.ModelProto, graph_path: Path, root: Path) -> int:
@@ -248,11 +266,10 @@ def check_locations(model: onnx.ModelProto, graph_path: Path, root: Path) -> int
         if not target.is_file():
             raise bad("is not a file of the bundle")
         try:
-            offset, length = int(entries.get("offset", "0")), int(entries.get("length", "-1"))
+            _, offset, length = external_span(entries, base)
         except ValueError:
             raise bad("has a non-integer offset or length") from None
         size = os.path.getsize(target)
-        length = size - offset if length < 0 else length
         if offset < 0 or length < 0 or offset + length > size:
             raise bad(f"asks for bytes {offset}..{offset + length} of a {size}-byte file")
         total += length

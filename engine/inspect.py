@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -133,6 +134,11 @@ def refuse_unsupported_ops(info: ModelInfo, supported: set[str], what: str) -> N
         f"; {ml} are scikit-learn-style ai.onnx.ml operators whose weights are node attributes: {ML_HINT}" if ml else ""
     )
     raise EngineError(ErrorCode.UNSUPPORTED_OP, f"{what} does not support the model's ops {missing[:20]}{hint}")
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """A node's attribute value, or `default` when the node does not set it."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _elem_type_name(elem_type: int) -> str:

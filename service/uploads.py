@@ -100,6 +100,11 @@ def _bad(detail: str, field_name: str = "file") -> AppError:
     )
 
 
+def no_room(exc: Exception) -> AppError:
+    """The server's disk cannot take the upload (engine.bundle.NoSpace): 507, nothing kept."""
+    return AppError(507, "insufficient-storage", str(exc), title="Insufficient storage")
+
+
 def check_filename(raw: str) -> str:
     """A client's filename is shown back, never used as a path; refuse names that try to be paths.
 
@@ -391,13 +396,25 @@ async def create_from_request(
             limit_for=limit_for,
         )
         try:
-            turn = await TURNS.wait_turn(settings.resolved_max_concurrent_checks, settings.sandbox_timeout_s)
-            try:
-                row, created = await run_in_threadpool(lambda: commit_after(db, create(upload)))
-            finally:
-                turn.release()
+            row, created = await checked_create(db, settings, create, upload)
         finally:
             upload.discard()
+    return created_response(row, created, schema, location)
+
+
+async def checked_create(
+    db: Session, settings: Settings, create: Callable[[Upload], tuple[Any, bool]], upload: Upload
+) -> tuple[Any, bool]:
+    """`create` (check, store, row) and the commit in one pool thread, once a check slot is free."""
+    turn = await TURNS.wait_turn(settings.resolved_max_concurrent_checks, settings.sandbox_timeout_s)
+    try:
+        return await run_in_threadpool(lambda: commit_after(db, create(upload)))
+    finally:
+        turn.release()
+
+
+def created_response(row: Any, created: bool, schema: type[BaseModel], location: str) -> JSONResponse:
+    """201 for a new row, 200 for an existing one, with its Location."""
     body = schema.model_validate(row).model_dump(mode="json")
     code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return JSONResponse(body, status_code=code, headers={"Location": f"{location}/{row.id}"})

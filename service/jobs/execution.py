@@ -6,14 +6,13 @@ the caller's transaction. The worker (workers/runner.py) claims, heartbeats and 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.bundle import SPARE_BYTES, archive_format
+from engine.bundle import NoSpace, require_room
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import DatasetInput, JobInputs, ModelInput
 from engine.core.kind import ArtifactOut, JobOutput
@@ -69,13 +68,10 @@ def download_inputs(store: ObjectStore, rows: InputRows, folder: Path, *, max_th
     """The blobs into `folder` (each verified against its size and sha256) as the engine's JobInputs."""
     needed = sum(model_files.scratch_needed(m) for m in [rows.model, *rows.others.values()])
     needed += sum(ds.size_bytes for ds in rows.datasets.values())
-    free = shutil.disk_usage(folder).free
-    if free < needed + SPARE_BYTES:
-        raise EngineError(
-            ErrorCode.INPUT_UNAVAILABLE,
-            f"the worker has {free:,} bytes free for the job's inputs, which need {needed:,} (and a "
-            f"{SPARE_BYTES >> 20} MiB reserve): free disk space on the worker's scratch folder",
-        )
+    try:
+        require_room(folder, needed, "the job's inputs on the worker's scratch disk")
+    except NoSpace as exc:
+        raise EngineError(ErrorCode.INPUT_UNAVAILABLE, f"{exc}: free disk space on the worker") from None
     model_path = model_files.download(store, rows.model, folder / "model")
     datasets = {}
     for role, ds in rows.datasets.items():
@@ -122,7 +118,7 @@ def _register_model(
         "info": art.model_info or {},
         "source_job_id": job.id,
     }
-    if path.suffix == ".tar" and archive_format(path) == "tar":  # a bundle (a model with external data)
+    if art.media_type == "application/x-tar":  # a bundle (a model with external data), packed by the engine
         row, _ = model_files.register_archive(store=store, path=path, **fields)
     else:
         row, _ = model_files.register(sha256=sha, size=size, blob_key=key, **fields)

@@ -14,7 +14,7 @@ from engine.bundle import Bundle, BundleLimits, NoSpace, archive_format, safe_na
 from engine.core.errors import EngineError
 from engine.inspect import ModelInfo
 from service.db import insert_once, new_id
-from service.errors import AppError, not_found, problem_for
+from service.errors import not_found, problem_for
 from service.model_files import repository as repo
 from service.model_files.tables import ModelFile, ModelPart
 from service.pagination import split_page
@@ -22,7 +22,7 @@ from service.sandboxing import check_in_sandbox
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage import service as blobs
-from service.uploads import Upload, clean_name, too_large
+from service.uploads import Upload, clean_name, no_room, too_large
 
 
 def inspect_upload(*, settings: Settings, upload: Upload) -> ModelInfo:
@@ -44,7 +44,9 @@ def create_from_upload(
     name = clean_name(upload.fields.get("name"), upload.filename, default="model")
     fmt = archive_format(upload.path)
     if fmt is not None:
-        return _create_bundle(db=db, store=store, settings=settings, tenant_id=tenant_id, upload=upload, fmt=fmt)
+        return _create_bundle(
+            db=db, store=store, settings=settings, tenant_id=tenant_id, upload=upload, name=name, fmt=fmt
+        )
     if upload.size > settings.max_model_bytes:
         raise too_large(settings.max_model_bytes)
     existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=upload.sha256)
@@ -65,7 +67,7 @@ def create_from_upload(
 
 
 def _create_bundle(
-    *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload, fmt: str
+    *, db: Session, store: ObjectStore, settings: Settings, tenant_id: str, upload: Upload, name: str, fmt: str
 ) -> tuple[ModelFile, bool]:
     """Unpack into a private folder (every member checked), check and inspect in the sandbox without loading the
     weights, store each file as its own blob, register the model with its parts."""
@@ -77,7 +79,7 @@ def _create_bundle(
         except EngineError as exc:
             raise problem_for(exc) from None
         except NoSpace as exc:
-            raise AppError(507, "insufficient-storage", str(exc), title="Insufficient storage") from None
+            raise no_room(exc) from None
         existing = repo.get_by_sha256(db, tenant_id=tenant_id, sha256=bundle.sha256)
         if existing is not None:
             return existing, False
@@ -91,22 +93,25 @@ def _create_bundle(
             },
             what="model",
         )
-        keys = [
-            blobs.store_file(db=db, store=store, path=Path(folder) / p.name, sha256=p.sha256, size=p.size)
-            for p in bundle.parts
-        ]
-        name = clean_name(upload.fields.get("name"), upload.filename, default="model")
-        return register(
+        return _register_bundle(
+            store=store,
+            bundle=bundle,
+            fmt=fmt,
             db=db,
             tenant_id=tenant_id,
             name=name,
             filename=upload.filename,
-            sha256=bundle.sha256,
-            size=bundle.size,
-            blob_key=keys[0],
             info=ModelInfo.model_validate(value).model_dump(mode="json"),
-            bundle=(fmt, bundle, keys),
         )
+
+
+def _register_bundle(*, store: ObjectStore, bundle: Bundle, fmt: str, **fields: Any) -> tuple[ModelFile, bool]:
+    """Each file of an unpacked bundle stored as its own blob, the model registered with its parts."""
+    keys = [
+        blobs.store_file(db=fields["db"], store=store, path=bundle.root / p.name, sha256=p.sha256, size=p.size)
+        for p in bundle.parts
+    ]
+    return register(sha256=bundle.sha256, size=bundle.size, blob_key=keys[0], bundle=(fmt, bundle, keys), **fields)
 
 
 def register(
@@ -155,14 +160,7 @@ def register_archive(*, store: ObjectStore, path: Path, **fields: Any) -> tuple[
     """A job's produced bundle (a tar the engine packed): unpacked beside it (checked as any archive), each file
     stored as its own blob, registered like an uploaded bundle."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix="bundle-") as folder:
-        bundle = unpack(path, Path(folder), OWN_OUTPUT)
-        keys = [
-            blobs.store_file(db=fields["db"], store=store, path=Path(folder) / p.name, sha256=p.sha256, size=p.size)
-            for p in bundle.parts
-        ]
-        return register(
-            sha256=bundle.sha256, size=bundle.size, blob_key=keys[0], bundle=("tar", bundle, keys), **fields
-        )
+        return _register_bundle(store=store, bundle=unpack(path, Path(folder), OWN_OUTPUT), fmt="tar", **fields)
 
 
 def get(*, db: Session, tenant_id: str, model_id: str) -> ModelFile:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep, commit_after
+from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
 from service.errors import AppError
 from service.model_files import service as model_files
 from service.model_files.schemas import ModelOut
 from service.settings import Settings
 from service.upload_sessions import service
-from service.uploads import TURNS, UPLOAD_RESPONSES, Pace, paced
+from service.uploads import UPLOAD_RESPONSES, Pace, Upload, checked_create, created_response, paced
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], route_class=EdgeRoute)
 
@@ -49,15 +50,13 @@ class UploadOut(BaseModel):
 
 
 def _out(settings: Settings, s: service.Session) -> UploadOut:
-    folder = settings.tmp_dir / "sessions" / s.id / "session.json"
-    touched = folder.stat().st_mtime if folder.exists() else s.created
     return UploadOut(
         id=s.id,
         size=s.size,
         part_size=s.part_size,
         parts=s.parts,
         received=service.received(settings, s),
-        expires_at=datetime.fromtimestamp(touched + settings.upload_session_ttl_s, UTC),
+        expires_at=datetime.fromtimestamp(service.touched(settings, s) + settings.upload_session_ttl_s, UTC),
     )
 
 
@@ -106,26 +105,18 @@ async def complete_upload(
 ) -> JSONResponse:
     s = service.get(settings=settings, tenant_id=tenant.id, session_id=upload_id)
     upload = await run_in_threadpool(service.assembled, settings, s)
-    turn = await TURNS.wait_turn(settings.resolved_max_concurrent_checks, settings.sandbox_timeout_s)
+
+    def create(u: Upload) -> tuple[Any, bool]:
+        return model_files.create_from_upload(db=db, store=store, settings=settings, tenant_id=tenant.id, upload=u)
+
     try:  # a 503 (busy) keeps the session for another `complete`; stored, or refused (4xx), nothing is kept
-        row, created = await run_in_threadpool(
-            lambda: commit_after(
-                db,
-                model_files.create_from_upload(
-                    db=db, store=store, settings=settings, tenant_id=tenant.id, upload=upload
-                ),
-            )
-        )
+        row, created = await checked_create(db, settings, create, upload)
     except AppError as exc:
         if exc.status < 500:
             service.remove(settings, s.id)
         raise
-    finally:
-        turn.release()
     service.remove(settings, s.id)
-    body = ModelOut.model_validate(row).model_dump(mode="json")
-    code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return JSONResponse(body, status_code=code, headers={"Location": f"/v1/models/{row.id}"})
+    return created_response(row, created, ModelOut, "/v1/models")
 
 
 @router.delete("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Abandon a resumable upload")

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.bundle import SPARE_BYTES
+from engine.bundle import NoSpace, require_room
 from service.db import new_id
 from service.errors import AppError, not_found
 from service.settings import Settings
-from service.uploads import Upload, busy, check_filename, too_large
+from service.uploads import Upload, busy, check_filename, no_room, too_large
 
 CHUNK = 1 << 20
 
@@ -68,10 +68,10 @@ def create(*, settings: Settings, tenant_id: str, size: int, filename: str | Non
         raise busy(
             f"this key already has {mine} resumable uploads open (max_uploads_per_tenant): complete or delete one"
         )
-    free = shutil.disk_usage(root).free
-    if free < size + SPARE_BYTES:
-        detail = f"no room for a {size}-byte upload ({free} bytes free)"
-        raise AppError(507, "insufficient-storage", detail, title="Insufficient storage")
+    try:
+        require_room(root, size, f"a {size:,}-byte upload")
+    except NoSpace as exc:
+        raise no_room(exc) from None
     session = Session(
         id=new_id("upl"),
         tenant_id=tenant_id,
@@ -105,6 +105,12 @@ def get(*, settings: Settings, tenant_id: str, session_id: str) -> Session:
     if session.tenant_id != tenant_id:
         raise not_found("upload", session_id)
     return session
+
+
+def touched(settings: Settings, session: Session) -> float:
+    """When the session was last written to (what expiry counts from)."""
+    manifest = _folder(settings, session.id) / "session.json"
+    return manifest.stat().st_mtime if manifest.exists() else session.created
 
 
 def received(settings: Settings, session: Session) -> list[int]:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from engine import binding
-from engine.bundle import check_and_inspect_bundle, has_external_data, model_bytes, pack
+from engine.bundle import check_and_inspect_bundle, model_bytes, pack
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
@@ -179,7 +179,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             seconds = time.perf_counter() - started
         progress(0.6, "checking the produced model")
         try:
-            out_info = _inspect_output(dst)
+            out_info = _inspect_output(dst, ctx.out_dir)
         except EngineError as exc:
             raise EngineError(ErrorCode.QUANTIZATION_FAILED, f"the produced model is not valid: {exc.detail}") from None
         errors = _error_table(ctx, params, mode, config, feeds, dst, batch)
@@ -215,8 +215,9 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
         return Outcome(report, [artifact])
 
 
-def _inspect_output(dst: Path) -> ModelInfo:
-    if has_external_data(dst):
+def _inspect_output(dst: Path, out_dir: Path) -> ModelInfo:
+    """A bundle (built outside out_dir, see run) is checked as bundles are; a single file as uploads are."""
+    if dst.parent != out_dir:
         return check_and_inspect_bundle(str(dst), str(dst.parent), runtime_max_bytes=1 << 62)
     return check_and_inspect(str(dst))
 

@@ -11,7 +11,6 @@ with external data (one data file, offsets aligned to 4 KiB so ONNX Runtime can 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from engine.bundle import external_tensors
+from engine.bundle import entries, external_span, external_tensors
 from engine.core.errors import EngineError, ErrorCode
+from engine.inspect import attribute
 
 ALIGN = 4096
 CHUNK = 64 << 20
@@ -80,18 +80,14 @@ class DataFile:
         self.out.close()
 
 
-def _entries(tensor: TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
-
-
 def _read_float(tensor: TensorProto, base: Path) -> np.ndarray:
     """A float32 initializer's values, from its data file (one tensor's bytes) or inline."""
     if tensor.data_location != TensorProto.EXTERNAL:
         return onnx.numpy_helper.to_array(tensor)
-    e = _entries(tensor)
+    source, offset, _ = external_span(entries(tensor), base)
     count = int(np.prod(tensor.dims))
-    with open(base / e["location"], "rb") as f:
-        f.seek(int(e.get("offset", "0")))
+    with open(source, "rb") as f:
+        f.seek(offset)
         values = np.fromfile(f, dtype=np.float32, count=count)
     if values.size != count:
         raise EngineError(ErrorCode.INVALID_EXTERNAL_DATA, f"tensor {tensor.name!r}: its data file ends early")
@@ -143,7 +139,7 @@ class _Streamer:
 
     def replace(self, node: onnx.NodeProto, tensor: TensorProto) -> list[onnx.NodeProto]:
         """MatMul -> MatMulNBits; Gemm (no transA, alpha = beta = 1) -> MatMulNBits + Add of its bias."""
-        transposed = node.op_type == "Gemm" and _attr(node, "transB", 0) == 1
+        transposed = node.op_type == "Gemm" and attribute(node, "transB", 0) == 1
         rows, cols = (tensor.dims[1], tensor.dims[0]) if transposed else tuple(tensor.dims)
         attrs: dict[str, Any] = {"K": int(rows), "N": int(cols), "bits": 4, "block_size": self.block_size}
         if self.accuracy_level:
@@ -159,10 +155,6 @@ class _Streamer:
         return made
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def weight_only_streamed(
     src: Path,
     dst: Path,
@@ -176,7 +168,7 @@ def weight_only_streamed(
     """Quantize the MatMul (and plain Gemm) weights of `src` (a model with external data) into `dst` (its .onnx
     file; the data file beside it). Returns what was done: counts, bytes, the weights left in float and why."""
     model = onnx.load(str(src), load_external_data=False)
-    external_in = sum(int(e.get("length", "0")) for _, e in external_tensors(model))
+    external_in = sum(external_span(e, src.parent)[2] for _, e in external_tensors(model))
     inits = {t.name: t for t in model.graph.initializer}
     data = DataFile(dst.with_name(dst.name + ".data"))
     streamer = _Streamer(src.parent, data, block_size, symmetric, accuracy_level)
@@ -226,17 +218,14 @@ def _carry(tensor: TensorProto, base: Path, data: DataFile) -> TensorProto:
     """A tensor the output keeps: its external bytes copied into the output's data file; inline ones as they are."""
     if tensor.data_location != TensorProto.EXTERNAL:
         return tensor
-    e = _entries(tensor)
-    source, offset = base / e["location"], int(e.get("offset", "0"))
-    length = int(e.get("length", "-1"))
-    return data.copy(tensor, source, offset, os.path.getsize(source) - offset if length < 0 else length)
+    return data.copy(tensor, *external_span(entries(tensor), base))
 
 
 def _skip_reason(node: onnx.NodeProto, tensor: TensorProto, exclude: set[str], max_tensor_bytes: int) -> str:
     if node.name in exclude:
         return "excluded by params"
     if node.op_type == "Gemm" and (
-        _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0
+        attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
     ):
         return "a Gemm with transA, alpha or beta (MatMulNBits computes A @ B only)"
     if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
