@@ -310,6 +310,33 @@ def has_external_data(path: str | Path) -> bool:
     return any(True for _ in external_tensors(onnx.load_model(str(path), load_external_data=False)))
 
 
+WHOLE_MAX_BYTES = (2 << 30) - (64 << 20)  # protobuf's 2 GiB limit on one serialized model, less room for the graph
+
+
+def fits_whole(info: ModelInfo) -> bool:
+    """The model's weights fit in one .onnx file (under protobuf's 2 GiB limit), so work that needs the whole
+    model in memory can run on a bundle after `load_whole`."""
+    return info.initializer_bytes <= WHOLE_MAX_BYTES
+
+
+def whole_limit_text() -> str:
+    return f"{WHOLE_MAX_BYTES:,} bytes of weights (protobuf's 2 GiB limit on one model file, less 64 MiB for the graph)"
+
+
+def load_whole(src: Path, dst: Path) -> Path:
+    """A bundle as one .onnx file at `dst`, its external data read in (the locations were checked at upload and the
+    files verified by digest when the worker fetched them): for work that holds the whole model in memory."""
+    model = onnx.load_model(str(src), load_external_data=False)
+    onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
+    try:
+        onnx.save_model(model, str(dst))
+    except ValueError as exc:  # protobuf refuses a message over 2 GiB
+        raise EngineError(
+            ErrorCode.UNSUPPORTED, f"the model does not fit in one file: {exc}; the limit is {whole_limit_text()}"
+        ) from None
+    return dst
+
+
 def pack(folder: Path, archive: Path) -> Path:
     """A bundle folder as an uncompressed tar (members by relative name, the .onnx file first)."""
     files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".onnx", str(p)))

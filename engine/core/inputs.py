@@ -47,6 +47,24 @@ class JobInputs(BaseModel):
     def summaries(self) -> dict[str, DatasetSummary]:
         return {role: d.summary for role, d in self.datasets.items()}
 
+    def whole(self, folder: Path) -> JobInputs:
+        """These inputs with every model that keeps external data (a bundle) rewritten as one .onnx file in
+        `folder`, for kinds that hold the whole model in memory (Kind.external_data False; submit refused the
+        bundles over protobuf's limit, engine.bundle.fits_whole)."""
+        from engine.bundle import load_whole
+
+        def one(path: str, info: ModelInfo, name: str) -> tuple[str, ModelInfo]:
+            if not info.external_data_bytes:
+                return path, info
+            dst = load_whole(Path(path), folder / f"{name}.whole.onnx")
+            return str(dst), info.model_copy(update={"external_data_bytes": 0})
+
+        model_path, model_info = one(self.model_path, self.model_info, "model")
+        models = {
+            role: ModelInput(path=p, info=i) for role, m in self.models.items() for p, i in [one(m.path, m.info, role)]
+        }
+        return self.model_copy(update={"model_path": model_path, "model_info": model_info, "models": models})
+
 
 def resolve_roles(
     name: str, roles: tuple[str, ...], required: tuple[str, ...], given: dict[str, str]

@@ -213,8 +213,10 @@ class Kind(ABC, Generic[P, R]):
         machine = machine_info()
         Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{self.name}-scratch-", dir=inputs.out_dir))
-        ctx = RunContext(inputs=inputs, progress=progress, scratch=scratch, kinds=kinds, machine=machine)
         try:
+            if not self.external_data:  # a bundle is handed over as one file (it fits: checked at submit)
+                inputs = inputs.whole(scratch)
+            ctx = RunContext(inputs=inputs, progress=progress, scratch=scratch, kinds=kinds, machine=machine)
             outcome = self.run(ctx, params)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

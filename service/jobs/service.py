@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from engine.bundle import fits_whole, whole_limit_text
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.kind import AnyKind
 from engine.datasets import DatasetSummary
@@ -147,16 +148,17 @@ def _checked_params(body: JobCreate, settings: Settings) -> tuple[AnyKind, Any]:
 
 
 def _refuse_external_data(kind: AnyKind, infos: dict[str, ModelInfo]) -> None:
-    """Only the kinds that say so run on a bundle (weights in external files); the others refuse at submit."""
+    """A bundle (weights in external files) runs on the kinds that read it where it lies; the others load it whole,
+    as one model file, so they refuse at submit a bundle over protobuf's limit, naming it."""
     for what, info in infos.items():
-        if info.external_data_bytes and not kind.external_data:
+        if info.external_data_bytes and not kind.external_data and not fits_whole(info):
             able = ", ".join(n for n in kind_names() if get_kind(n).external_data)
             raise problem_for(
                 EngineError(
                     ErrorCode.UNSUPPORTED,
-                    f"{kind.name} does not run on models with external data yet: {what} keeps "
-                    f"{info.external_data_bytes:,} bytes of weights in external files (an archive upload); "
-                    f"these kinds do: {able}",
+                    f"{kind.name} holds the whole model in memory, up to {whole_limit_text()}; {what} has "
+                    f"{info.initializer_bytes:,} bytes of weights ({info.external_data_bytes:,} in external files): "
+                    f"these kinds run on it: {able}",
                 )
             )
 

@@ -68,16 +68,20 @@ def get_model(model_id: str, tenant: TenantDep, db: SessionDep) -> ModelOut:
 
 @router.get(
     "/{model_id}/content",
-    summary="Download the model file (a bundle as a .tar archive of its files)",
+    summary="Download the model file (a bundle as an archive of its files, .zip or .tar as it was uploaded)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}, "application/zip": {}}}},
 )
 def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
     if row.parts:
-        chunks, length = service.tar_stream(store, row)
+        chunks, length, fmt = service.archive_stream(store, row)
         return blob_response(
-            chunks, size=length, sha256=row.sha256, filename=f"{row.name}.tar", media_type="application/x-tar"
+            chunks,
+            size=length,
+            sha256=row.sha256,
+            filename=f"{row.name}.{fmt}",
+            media_type=service.ARCHIVE_MEDIA_TYPES[fmt],
         )
     return blob_response(
         blobs.read(store=store, row=row),

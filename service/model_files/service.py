@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from engine.core.errors import EngineError
 from engine.inspect import ModelInfo
 from service.db import insert_once, new_id
 from service.errors import not_found, problem_for
+from service.model_files import archives
 from service.model_files import repository as repo
 from service.model_files.tables import ModelFile, ModelPart
 from service.pagination import split_page
@@ -203,23 +205,19 @@ def scratch_needed(row: ModelFile) -> int:
     return sum(p.size_bytes for p in row.parts) or row.size_bytes
 
 
-def tar_stream(store: ObjectStore, row: ModelFile) -> tuple[Iterator[bytes], int]:
-    """A bundle as a tar archive, streamed part by part (verified), and its exact length."""
-    import tarfile
+ARCHIVE_MEDIA_TYPES = {"tar": "application/x-tar", "zip": "application/zip"}
 
-    headers = []
-    for part in row.parts:
-        info = tarfile.TarInfo(part.name)
-        info.size, info.mode, info.mtime = part.size_bytes, 0o644, int(row.created_at.timestamp())
-        headers.append(info.tobuf(format=tarfile.PAX_FORMAT))
-    pads = [b"\0" * (-p.size_bytes % 512) for p in row.parts]
-    length = sum(len(h) + p.size_bytes + len(pad) for h, p, pad in zip(headers, row.parts, pads, strict=True))
 
-    def chunks() -> Iterator[bytes]:
-        for header, part, pad in zip(headers, row.parts, pads, strict=True):
-            yield header
-            yield from store.iter_chunks(part.blob_key, sha256=part.sha256, size=part.size_bytes)
-            yield pad
-        yield b"\0" * 1024
-
-    return chunks(), length + 1024
+def archive_stream(store: ObjectStore, row: ModelFile) -> tuple[Iterator[bytes], int, str]:
+    """A bundle as the archive format it was uploaded in (tar for a job's output), streamed part by part (each
+    verified): (chunks, exact length, format)."""
+    members = [
+        archives.Member(
+            p.name, p.size_bytes, partial(store.iter_chunks, p.blob_key, sha256=p.sha256, size=p.size_bytes)
+        )
+        for p in row.parts
+    ]
+    fmt = row.bundle_format if row.bundle_format in ARCHIVE_MEDIA_TYPES else "tar"
+    stream = archives.zip_stream if fmt == "zip" else archives.tar_stream
+    chunks, length = stream(members, row.created_at)
+    return chunks, length, fmt

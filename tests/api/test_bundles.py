@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import zipfile
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+from service.model_files.tables import ModelFile
 from tests import bundles, onnx_models
 from tests.api.test_models import PROBLEM, assert_nothing_stored, upload
 from tests.conftest import count_rows, s3_client, s3_settings, stored_files
@@ -54,6 +56,21 @@ def test_bundle_upload_inspect_dedup_download_delete(client, auth, tmp_path, db,
     assert stored_files(settings) == []
 
 
+def test_a_zip_bundle_downloads_as_a_zip_that_uploads_as_the_same_model(client, auth, tmp_path) -> None:
+    files = bundles.files_of(bundles.with_external_data(tmp_path / "m", data="weights/all.bin"))
+    model = upload(client, auth, bundles.zip_of(tmp_path / "mlp.zip", files)).json()
+    assert model["bundle_format"] == "zip"
+    content = client.get(f"/v1/models/{model['id']}/content", headers=auth)
+    assert content.status_code == 200 and content.headers["content-type"] == "application/zip"
+    assert 'filename="mlp.zip"' in content.headers["content-disposition"]
+    assert int(content.headers["content-length"]) == len(content.content)
+    with zipfile.ZipFile(io.BytesIO(content.content)) as z:
+        assert z.testzip() is None and [(i.filename, z.read(i)) for i in z.infolist()] == files
+    (tmp_path / "again.zip").write_bytes(content.content)
+    again = upload(client, auth, tmp_path / "again.zip")
+    assert again.status_code == 200 and again.json()["id"] == model["id"]
+
+
 def test_a_bundle_in_a_folder_with_nested_data_files(client, auth, tmp_path) -> None:
     """The .onnx file inside a folder, its data in a sub-folder: locations resolve from the .onnx file's folder."""
     folder = bundles.with_external_data(tmp_path / "m", data="weights/all.bin")
@@ -71,21 +88,30 @@ def test_big_bundles_are_checked_without_loading_their_weights(client, auth, tmp
     assert r.json()["info"]["runtime_checked"] is False and r.json()["info"]["parameter_count"] == 2410
 
 
-def test_kinds_that_cannot_run_on_a_bundle_refuse_it_at_submit(client, auth, tmp_path) -> None:
+def test_kinds_that_load_the_model_whole_refuse_a_bundle_over_protobufs_limit_at_submit(
+    client, auth, tmp_path, db, monkeypatch
+) -> None:
+    """Every kind runs on a bundle that fits in one model file; past protobuf's limit only the kinds that read the
+    weights where they lie (Kind.external_data) take it, the others refuse at submit naming the limit."""
     folder = bundles.with_external_data(tmp_path / "m")
     model_id = upload(client, auth, bundles.tar_of(tmp_path / "m.tar", bundles.files_of(folder))).json()["id"]
-    r = client.post(
-        "/v1/jobs",
-        headers=auth,
-        json={"kind": "prune", "model_id": model_id, "params": {"method": "magnitude", "ratio": 0.5}},
-    )
+    prune = {"kind": "prune", "model_id": model_id, "params": {"method": "magnitude", "ratio": 0.5}}
+    dynamic = {"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}}
+    assert client.post("/v1/jobs", headers=auth, json=prune).status_code == 202
+    assert client.post("/v1/jobs", headers=auth, json=dynamic).status_code == 202
+
+    row = db.get(ModelFile, model_id)  # as if its weights were 3 GiB (a test cannot upload that much in seconds)
+    row.info = row.info | {"initializer_bytes": 3 << 30, "external_data_bytes": 3 << 30}
+    db.commit()
+    r = client.post("/v1/jobs", headers=auth, json=prune)
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
     detail = r.json()["detail"]
-    assert "prune does not run on models with external data" in detail and "evaluate" in detail, detail
-    assert "quantize" in detail  # weight_only runs on bundles; the other modes are refused by the kind itself
-    body = {"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}}
-    r = client.post("/v1/jobs", headers=auth, json=body)
-    assert r.status_code == 422 and "weight_only (rtn) only" in r.json()["detail"]
+    assert "prune holds the whole model in memory, up to 2,080,374,784 bytes" in detail, detail
+    assert "3,221,225,472 bytes of weights" in detail and "evaluate" in detail and "quantize" in detail, detail
+    r = client.post("/v1/jobs", headers=auth, json=dynamic)
+    assert r.status_code == 422 and "weight_only (rtn) quantizes it one tensor at a time" in r.json()["detail"]
+    weight_only = {"kind": "quantize", "model_id": model_id, "params": {"mode": "weight_only"}}
+    assert client.post("/v1/jobs", headers=auth, json=weight_only).status_code == 202
 
 
 def _hostile(tmp_path, case: str):

@@ -52,13 +52,11 @@ def test_evaluate_benchmark_and_compare_run_on_a_bundle(api, worker, tmp_path) -
 
 def test_weight_only_quantizes_a_bundle_into_a_bundle(api, worker, tmp_path) -> None:
     """quantize weight_only streams a bundle one tensor at a time; the produced model is a bundle too (registered
-    part by part, its artifact a tar); the modes that would load the model whole are refused at submit."""
+    part by part, its artifact a tar)."""
     folder = bundles.with_external_data(tmp_path / "m", onnx_models.mlp_model(n_in=64, hidden=1024))
     model_id = upload_model(api, bundles.tar_of(tmp_path / "mlp.tar", bundles.files_of(folder)))
     x, y = data_files.classification(n=120)
     ds = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x, y=y))
-    refused = api.post("/v1/jobs", json={"kind": "quantize", "model_id": model_id, "params": {"mode": "dynamic"}})
-    assert refused.status_code == 422 and "weight_only (rtn) only" in refused.json()["detail"]
     job = submit(
         api, kind="quantize", model_id=model_id, datasets={"eval": ds},
         params={"mode": "weight_only", "block_size": 32, "runs": 5, "batch_sizes": [1]},
@@ -75,3 +73,29 @@ def test_weight_only_quantizes_a_bundle_into_a_bundle(api, worker, tmp_path) -> 
     assert produced["info"]["op_histogram"].get("com.microsoft:MatMulNBits") == 2
     (artifact,) = api.get(f"/v1/jobs/{job['id']}/artifacts").json()
     assert artifact["filename"] == "model.quant.tar" and artifact["media_type"] == "application/x-tar"
+
+
+def test_kinds_that_load_the_model_whole_run_on_a_bundle_that_fits_in_one_file(api, worker, tmp_path) -> None:
+    """dynamic quantization and pruning read the bundle's data into one model file in scratch: their output is a
+    single .onnx file, its outputs those of the same model uploaded as one file."""
+    folder = bundles.with_external_data(tmp_path / "m", onnx_models.mlp_model(n_in=64, hidden=256))
+    model_id = upload_model(api, bundles.tar_of(tmp_path / "mlp.tar", bundles.files_of(folder)))
+    x, y = data_files.classification(n=120)
+    ds = upload_dataset(api, data_files.npz(tmp_path / "eval.npz", x=x, y=y))
+    jobs = {
+        "quantize": submit(
+            api, kind="quantize", model_id=model_id, datasets={"eval": ds},
+            params={"mode": "dynamic", "runs": 5, "batch_sizes": [1]},
+        ),
+        "prune": submit(
+            api, kind="prune", model_id=model_id, datasets={"eval": ds},
+            params={"method": "magnitude", "ratio": 0.5, "runs": 5, "batch_sizes": [1]},
+        ),
+    }  # fmt: skip
+    for kind, job in jobs.items():
+        done = wait_job(api, job["id"], timeout=120)
+        assert done["status"] == "succeeded", (kind, done["error"])
+        report = api.get(f"/v1/jobs/{job['id']}/report").json()
+        produced = api.get(f"/v1/models/{report['output_model_id']}").json()
+        assert produced["parts"] == [] and produced["info"]["external_data_bytes"] == 0, (kind, produced)
+        assert report["comparison"]["size_bytes"]["ratio"] < (0.3 if kind == "quantize" else 1.0), (kind, report)

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from engine import binding
-from engine.bundle import check_and_inspect_bundle, model_bytes, pack
+from engine.bundle import check_and_inspect_bundle, fits_whole, model_bytes, pack, whole_limit_text
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.inputs import pick_output
 from engine.core.kind import ArtifactOut, Kind, Outcome, ReportBase, RunContext
@@ -96,11 +96,12 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
             raise EngineError(
                 ErrorCode.ALREADY_QUANTIZED, f"the model is already quantized (it has {', '.join(found)})"
             )
-        if info.external_data_bytes and (params.mode != "weight_only" or params.weight_only_algorithm != "rtn"):
+        if info.external_data_bytes and not _streamed(params) and not fits_whole(info):
             raise EngineError(
                 ErrorCode.UNSUPPORTED,
-                "a model with external data is quantized by weight_only (rtn) only, one tensor at a time; "
-                f"{params.mode}{' hqq' if params.mode == 'weight_only' else ''} would load it whole",
+                f"{params.mode}{' hqq' if params.mode == 'weight_only' else ''} quantization loads the whole model, up "
+                f"to {whole_limit_text()}; this one has {info.initializer_bytes:,}: weight_only (rtn) quantizes it "
+                "one tensor at a time",
             )
         if info.initializer_bytes == 0 or info.parameter_count == 0:
             ml = ml_operators(info)
@@ -152,9 +153,13 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
     def run(self, ctx: RunContext, params: QuantizeParams) -> Outcome[QuantizeReport]:
         info, progress = ctx.info, ctx.progress
         src, dst = Path(ctx.inputs.model_path), ctx.out_dir / "model.quant.onnx"
-        if info.external_data_bytes:  # a bundle in, a bundle out: built in scratch, handed over as a tar
+        if info.external_data_bytes and _streamed(params):  # a bundle in, a bundle out: built in scratch, as a tar
             dst = ctx.scratch / "quantized" / "model.onnx"
             dst.parent.mkdir()
+        elif info.external_data_bytes:  # read whole by ORT's quantizer: one file (it fits, validate checked)
+            progress(0.02, "reading the external data into one model file")
+            ctx.inputs = ctx.inputs.whole(ctx.scratch)
+            src = Path(ctx.inputs.model_path)
         forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
         batch = forced or 16  # calibration batches
         reader, feeds = _calibration(ctx, params, batch)
@@ -213,6 +218,11 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
         )
         artifact = _artifact(report, dst, ctx.out_dir, auto is not None and auto.kept_original, out_info, params)
         return Outcome(report, [artifact])
+
+
+def _streamed(params: QuantizeParams) -> bool:
+    """The one mode that reads a bundle one tensor at a time (engine.kinds.quantize.streamed)."""
+    return params.mode == "weight_only" and params.weight_only_algorithm == "rtn"
 
 
 def _inspect_output(dst: Path, out_dir: Path) -> ModelInfo:
