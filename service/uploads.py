@@ -30,9 +30,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
+from engine.bundle import archive_kind
 from service.deps import commit_after
 from service.errors import AppError
 from service.settings import Settings
+from service.upload_files import DataTar, data_name
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
 MAX_FIELD_BYTES = 4096
@@ -40,11 +42,15 @@ HEAD_BYTES = 512  # what a file's own limit is decided from (a tar's magic is at
 BUSY_RETRY_AFTER_S = 5
 
 
-def multipart_openapi(fields: dict[str, str], choices: dict[str, list[str]] | None = None) -> dict:
+def multipart_openapi(
+    fields: dict[str, str], choices: dict[str, list[str]] | None = None, data_parts: str | None = None
+) -> dict:
     """OpenAPI for a multipart body, so Swagger UI shows a file picker (the body is parsed by hand). Optional fields
     carry an empty example: Swagger UI otherwise pre-fills them with the word `string` and sends it; fields with
-    `choices` are enums (a drop-down with an empty choice)."""
+    `choices` are enums (a drop-down with an empty choice); `data_parts` describes repeated `data` file parts."""
     props: dict = {"file": {"type": "string", "format": "binary", "description": "The file to upload"}}
+    if data_parts:
+        props["data"] = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": data_parts}
     for name, description in fields.items():
         if choices and name in choices:
             props[name] = {"type": "string", "description": description, "enum": choices[name]}
@@ -75,6 +81,7 @@ class Upload:
     size: int
     filename: str | None
     fields: dict[str, str] = field(default_factory=dict)
+    from_parts: bool = False  # a model's .onnx file and its `data` parts, gathered into the tar at `path`
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -124,9 +131,16 @@ class _Receiver:
     """Collects the parts while python-multipart parses the stream."""
 
     def __init__(
-        self, out, limit: int, allowed_fields: set[str], limit_for: Callable[[bytes], int] | None = None
+        self,
+        out,
+        limit: int,
+        allowed_fields: set[str],
+        limit_for: Callable[[bytes], int] | None = None,
+        data: DataTar | None = None,
     ) -> None:
         self.out, self.limit, self.allowed = out, limit, allowed_fields
+        self.body_limit = limit  # the file part's own limit may be lower; data parts count against this one
+        self.data = data  # where `data` parts go (model uploads only)
         self.limit_for = limit_for  # the file's own limit, from its first bytes (an archive may be larger)
         self._head = bytearray()
         self.hash = hashlib.sha256()
@@ -172,10 +186,23 @@ class _Receiver:
             if raw is not None:
                 self.filename = check_filename(raw.decode("utf-8", "replace"))
             self._part = "file"
+        elif name == "data" and self.data is not None:
+            raw = options.get(b"filename")
+            if not raw:
+                raise _bad("a 'data' part needs a filename: the location the model names it by", "data")
+            try:
+                data_file = data_name(unquote(raw.decode("utf-8", "replace")))
+            except ValueError as exc:
+                raise _bad(str(exc), "data") from None
+            if data_file in self.data.names:
+                raise _bad(f"data file {data_file!r} is sent twice", "data")
+            self.data.begin(data_file)
+            self._part = "data"
         elif name in self.allowed:
             self._part = name
         else:
-            raise _bad(f"unknown form field {name!r}; accepted: file, {', '.join(sorted(self.allowed))}", name)
+            accepted = ", ".join(["file", *(["data"] if self.data is not None else []), *sorted(self.allowed)])
+            raise _bad(f"unknown form field {name!r}; accepted: {accepted}", name)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -190,13 +217,21 @@ class _Receiver:
                 raise too_large(self.limit)
             self.hash.update(chunk)
             self.out.write(chunk)
+        elif self._part == "data":
+            assert self.data is not None
+            if self.data.bytes + len(chunk) + self.size > self.body_limit:
+                raise too_large(self.body_limit)
+            self.data.write(chunk)
         else:
             self._field_buf += chunk
             if len(self._field_buf) > MAX_FIELD_BYTES:
                 raise _bad(f"form field {self._part!r} is longer than {MAX_FIELD_BYTES} bytes", self._part or "")
 
     def on_part_end(self) -> None:
-        if self._part and self._part != "file":
+        if self._part == "data":
+            assert self.data is not None
+            self.data.end()
+        elif self._part and self._part != "file":
             try:
                 self.fields[self._part] = self._field_buf.decode("utf-8")
             except UnicodeDecodeError:
@@ -327,10 +362,13 @@ async def receive_upload(
     allowed_fields: set[str],
     pace: Pace,
     limit_for: Callable[[bytes], int] | None = None,
+    data_parts: bool = False,
 ) -> Upload:
     """Read a multipart/form-data body with one `file` part into a temp file. The caller must
     `discard()` the upload when done with it. `limit` bounds the body; `limit_for`, given the file's first 512
-    bytes, its own (lower) limit, enforced from then on as the body streams."""
+    bytes, its own (lower) limit, enforced from then on as the body streams. With `data_parts`, named `data` parts
+    may come with the file (a model's external data): the upload is then one tar of them all (service.upload_files).
+    """
     ctype, options = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data" or b"boundary" not in options:
         raise AppError(
@@ -346,9 +384,10 @@ async def receive_upload(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
     path = Path(name)
+    data = DataTar(path.with_suffix(".tar")) if data_parts else None
     try:
         with os.fdopen(fd, "wb") as out:
-            receiver = _Receiver(out, limit, allowed_fields, limit_for)
+            receiver = _Receiver(out, limit, allowed_fields, limit_for, data)
             parser = MultipartParser(options[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]  # a dict of the callbacks it names
             async for chunk in paced(request.stream(), pace):
                 parser.write(chunk)
@@ -357,6 +396,8 @@ async def receive_upload(
             raise _bad("the multipart body ended early (incomplete upload)")
         if not receiver.file_seen:
             raise _bad("the multipart field 'file' is required")
+        if data is not None and data.names:
+            return await run_in_threadpool(_with_data_parts, receiver, data, path)
         return Upload(path, receiver.hash.hexdigest(), receiver.size, receiver.filename, receiver.fields)
     except AppError:
         path.unlink(missing_ok=True)
@@ -369,6 +410,24 @@ async def receive_upload(
         if type(exc).__module__.startswith("python_multipart"):
             raise _bad(f"malformed multipart body: {exc}") from None
         raise
+    finally:
+        if data is not None:  # kept only as the upload's path (_with_data_parts)
+            data.close()
+            if not data.finished:
+                data.path.unlink(missing_ok=True)
+
+
+def _with_data_parts(receiver: _Receiver, data: DataTar, graph: Path) -> Upload:
+    """The .onnx file added to the data parts' tar: from here on the upload is an archive (checked as one)."""
+    try:
+        with open(graph, "rb") as f:
+            if archive_kind(f.read(HEAD_BYTES)) is not None:
+                raise _bad("'data' parts go with an .onnx file, not with an archive (which holds its data files)")
+        filename = receiver.filename or "model.onnx"
+        tar = data.finish(graph, filename if filename.endswith(".onnx") else "model.onnx")
+    finally:
+        graph.unlink(missing_ok=True)
+    return Upload(tar, "", tar.stat().st_size, receiver.filename, receiver.fields, from_parts=True)
 
 
 async def create_from_request(
@@ -383,6 +442,7 @@ async def create_from_request(
     schema: type[BaseModel],
     location: str,
     limit_for: Callable[[bytes], int] | None = None,
+    data_parts: bool = False,
 ) -> JSONResponse:
     """The whole upload endpoint: take an upload slot, stream the body, run `create` (check, store, row) and
     commit in one pool thread, always drop the temp file; 201 for a new row, 200 for an existing one."""
@@ -394,6 +454,7 @@ async def create_from_request(
             allowed_fields=allowed_fields,
             pace=Pace.of(settings),
             limit_for=limit_for,
+            data_parts=data_parts,
         )
         try:
             row, created = await checked_create(db, settings, create, upload)

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.bundle import archive_kind
 from service.content import blob_response
 from service.deps import EdgeRoute, SessionDep, SettingsDep, StoreDep, TenantDep
+from service.errors import not_found
 from service.model_files import service
 from service.model_files.schemas import ModelOut
 from service.pagination import CursorQuery, LimitQuery, Page
@@ -19,10 +20,12 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelOut,
-    summary="Upload an ONNX model (one .onnx file, or a .zip/.tar archive of a model with its external data)",
+    summary="Upload an ONNX model (one .onnx file; a model with external data as a .zip/.tar archive, or as its "
+    ".onnx file and named data parts)",
     description="Streams the file to a temp file while hashing it, checks it in a child process with memory "
     "and time limits (onnx.checker, ONNX Runtime session), then stores it. A model with external data (over "
-    "protobuf's 2 GB limit) comes as one archive holding its .onnx file and data files: every member is checked "
+    "protobuf's 2 GB limit) comes as one archive holding its .onnx file and data files, or as its .onnx file (`file`) "
+    "with one `data` part per data file, named by its location: every member is checked "
     "while it is unpacked (no links, absolute paths, '..', duplicates; sizes and member count bounded), every "
     "tensor's location must resolve inside the archive, and the weights are not loaded to inspect it. "
     "201 for a new model; 200 with the existing model when this tenant uploaded the same bytes (or, for an "
@@ -32,7 +35,11 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=EdgeRoute)
         **UPLOAD_RESPONSES,
         422: {"description": "Not a valid model"},
     },
-    openapi_extra=multipart_openapi({"name": "Display name (default: the file name without .onnx)"}),
+    openapi_extra=multipart_openapi(
+        {"name": "Display name (default: the file name without .onnx)"},
+        data_parts="The model's external data files, with the .onnx file as `file` (instead of an archive): each "
+        "part's filename is the location the model names it by (e.g. model.onnx.data, or weights/all.bin)",
+    ),
 )
 async def upload_model(
     request: Request, tenant: TenantDep, db: SessionDep, store: StoreDep, settings: SettingsDep
@@ -50,6 +57,7 @@ async def upload_model(
         ),
         schema=ModelOut,
         location="/v1/models",
+        data_parts=True,
     )
 
 
@@ -88,6 +96,26 @@ def get_model_content(model_id: str, tenant: TenantDep, db: SessionDep, store: S
         size=row.size_bytes,
         sha256=row.sha256,
         filename=f"{row.name}.onnx",
+        media_type="application/octet-stream",
+    )
+
+
+@router.get(
+    "/{model_id}/files/{name:path}",
+    summary="Download one file of a bundle (its .onnx file or a data file) by its name in the bundle",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such model or file"}},
+)
+def get_model_file(model_id: str, name: str, tenant: TenantDep, db: SessionDep, store: StoreDep) -> StreamingResponse:
+    row = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    part = next((p for p in row.parts if p.name == name), None)
+    if part is None:
+        raise not_found("file", name)
+    return blob_response(
+        store.iter_chunks(part.blob_key, sha256=part.sha256, size=part.size_bytes),
+        size=part.size_bytes,
+        sha256=part.sha256,
+        filename=name.rsplit("/", 1)[-1],
         media_type="application/octet-stream",
     )
 

@@ -24,7 +24,10 @@ class ModelOut(BaseModel):
     sha256: str = Field(description="The file's sha256; for a bundle, the digest of its manifest (engine.bundle)")
     size_bytes: int = Field(description="Bytes of the file, or of all the bundle's files")
     bundle_format: str | None = Field(
-        default=None, description="'tar' or 'zip' for a model uploaded as an archive with its external data"
+        default=None,
+        description="How a model with external data was uploaded, and so how its content downloads: 'tar' or 'zip' "
+        "(an archive; a job's output is a tar), 'files' (the .onnx file and `data` parts; downloads as a tar, each "
+        "file also on its own at /v1/models/{id}/files/{name})",
     )
     parts: list[PartOut] = Field(default_factory=list, description="A bundle's files, the .onnx file first")
     source_job_id: str | None = Field(description="The job that produced this model; null for uploads")

@@ -44,7 +44,7 @@ def create_from_upload(
     """Returns (model, created). The same bytes from the same tenant return the existing model; an archive is a
     bundle, the same files in any archive the same model."""
     name = clean_name(upload.fields.get("name"), upload.filename, default="model")
-    fmt = archive_format(upload.path)
+    fmt = "files" if upload.from_parts else archive_format(upload.path)
     if fmt is not None:
         return _create_bundle(
             db=db, store=store, settings=settings, tenant_id=tenant_id, upload=upload, name=name, fmt=fmt

@@ -231,3 +231,92 @@ def test_a_bundle_on_the_s3_store_is_its_parts(tmp_path, db_url, s3_endpoint, s3
             assert [(m.name, t.extractfile(m).read()) for m in t] == files  # type: ignore[union-attr]
         assert client.delete(f"/v1/models/{model['id']}", headers=auth).status_code == 204
         assert s3.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
+
+
+def _parts(client, auth, files: list[tuple[str, bytes]], graph: tuple[str, bytes] | None = None):
+    """A model as its .onnx file (`file`) and one `data` part per data file, named by its location."""
+    graph = graph or files[0]
+    multipart = [("file", graph), *(("data", f) for f in files if f is not graph)]
+    return client.post("/v1/models", headers=auth, files=multipart)
+
+
+@pytest.mark.sqlite
+def test_an_onnx_file_with_named_data_parts_is_a_bundle(client, auth, tmp_path, db, settings) -> None:
+    files = bundles.files_of(bundles.with_external_data(tmp_path / "m", data="weights/all.bin"))
+    r = _parts(client, auth, files)
+    assert r.status_code == 201, r.text
+    model = r.json()
+    assert model["bundle_format"] == "files" and model["name"] == "model"
+    assert [(p["name"], p["size_bytes"]) for p in model["parts"]] == [(n, len(b)) for n, b in files]
+    assert model["info"]["external_data_bytes"] == len(dict(files)["weights/all.bin"])
+    # the same files as an archive are the same model
+    again = upload(client, auth, bundles.tar_of(tmp_path / "m.tar", files))
+    assert again.status_code == 200 and again.json()["id"] == model["id"]
+    for name, data in files:  # each file back on its own, by its name in the bundle
+        got = client.get(f"/v1/models/{model['id']}/files/{name}", headers=auth)
+        assert (
+            got.status_code == 200
+            and got.content == data
+            and got.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        )
+    missing = client.get(f"/v1/models/{model['id']}/files/other.bin", headers=auth)
+    assert missing.status_code == 404 and "other.bin" in missing.json()["detail"]
+    content = client.get(f"/v1/models/{model['id']}/content", headers=auth)
+    assert content.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(content.content)) as t:
+        assert [(m.name, t.extractfile(m).read()) for m in t] == files  # type: ignore[union-attr]
+    assert list(settings.tmp_dir.glob("*")) == []
+
+
+def _bad_parts(tmp_path, case: str):
+    files = bundles.files_of(bundles.with_external_data(tmp_path / "m"))
+    graph, data = files
+    if case == "no-filename":
+        return [("file", graph), ("data", (None, data[1]))], "needs a filename"
+    if case == "traversal":
+        return [("file", graph), ("data", ("../model.onnx.data", data[1]))], "leaves the archive ('..')"
+    if case == "absolute":
+        return [("file", graph), ("data", ("/etc/model.onnx.data", data[1]))], "absolute path"
+    if case == "twice":
+        return [("file", graph), ("data", data), ("data", data)], "'model.onnx.data' is sent twice"
+    if case == "onnx-as-data":
+        return [("file", graph), ("data", ("other.onnx", data[1]))], "is an .onnx file"
+    if case == "archive-with-data":
+        archive = bundles.tar_of(tmp_path / "b.tar", files).read_bytes()
+        return [("file", ("b.tar", archive)), ("data", data)], "not with an archive"
+    if case == "wrong-name":  # the model names model.onnx.data; the part is called something else
+        return [("file", graph), ("data", ("weights.bin", data[1]))], "is not a file of the bundle"
+    if case == "missing-data":  # a data part, but not the one the model needs
+        return [("file", graph), ("data", ("extra.bin", b"x"))], "is not a file of the bundle"
+    raise AssertionError(case)
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-filename",
+        "traversal",
+        "absolute",
+        "twice",
+        "onnx-as-data",
+        "archive-with-data",
+        "wrong-name",
+        "missing-data",
+    ],
+)
+def test_bad_data_parts_are_refused_with_nothing_stored(client, auth, tmp_path, db, settings, case) -> None:
+    multipart, why = _bad_parts(tmp_path, case)
+    r = client.post("/v1/models", headers=auth, files=multipart)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert why in r.json()["detail"], r.json()
+    assert_nothing_stored(db, settings)
+
+
+@pytest.mark.sqlite
+def test_data_parts_over_the_body_limit_are_refused_as_they_stream(client, auth, tmp_path, db, settings) -> None:
+    settings.max_model_bytes, settings.max_bundle_bytes = 1 << 20, 1 << 20
+    graph, data = bundles.files_of(bundles.with_external_data(tmp_path / "m"))
+    r = client.post("/v1/models", headers=auth, files=[("file", graph), ("data", ("big.bin", bytes(2 << 20)))])
+    assert r.status_code == 413 and r.json()["limit_bytes"] == 1 << 20
+    assert_nothing_stored(db, settings)

@@ -62,3 +62,26 @@ def test_a_member_that_is_not_its_recorded_size_stops_the_stream() -> None:
             chunks, _ = stream(members, WHEN)
             with pytest.raises(OSError, match="recorded size"):
                 b"".join(chunks)
+
+
+@pytest.mark.parametrize("name", ["model.onnx.data", "weights/" + "w" * 150 + ".bin"], ids=["short", "long-name"])
+def test_data_parts_tar_rewrites_each_header_in_place(tmp_path: Path, name: str) -> None:
+    """A data part's header is written before its size is known and rewritten after: its length must not depend on
+    the size (GNU: base-256 past 8 GiB), also for a name over 100 characters (a long-name entry before it)."""
+    from service.upload_files import DataTar
+
+    for size in (0, 1, 8 << 30, 1 << 40):
+        info = tarfile.TarInfo(name)
+        info.size = size
+        assert len(info.tobuf(format=tarfile.GNU_FORMAT)) == len(tarfile.TarInfo(name).tobuf(format=tarfile.GNU_FORMAT))
+    tar = DataTar(tmp_path / "parts.tar")
+    tar.begin(name)
+    for chunk in (b"a" * 700, b"b" * 5):
+        tar.write(chunk)
+    tar.end()
+    (tmp_path / "g.onnx").write_bytes(b"graph")
+    with tarfile.open(tar.finish(tmp_path / "g.onnx", "model.onnx")) as t:
+        assert [(m.name, t.extractfile(m).read()) for m in t] == [
+            (name, b"a" * 700 + b"b" * 5),
+            ("model.onnx", b"graph"),
+        ]  # type: ignore[union-attr]
