@@ -50,7 +50,12 @@ def multipart_openapi(
     `choices` are enums (a drop-down with an empty choice); `data_parts` describes repeated `data` file parts."""
     props: dict = {"file": {"type": "string", "format": "binary", "description": "The file to upload"}}
     if data_parts:
-        props["data"] = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": data_parts}
+        props["data"] = {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": data_parts,
+            "example": [],  # else Swagger UI starts the list with one item holding the word `string`, and sends it
+        }
     for name, description in fields.items():
         if choices and name in choices:
             props[name] = {"type": "string", "description": description, "enum": choices[name]}
@@ -188,8 +193,9 @@ class _Receiver:
             self._part = "file"
         elif name == "data" and self.data is not None:
             raw = options.get(b"filename")
-            if not raw:
-                raise _bad("a 'data' part needs a filename: the location the model names it by", "data")
+            if not raw:  # an empty file picker (Swagger UI, HTML forms) sends a nameless empty part: skipped
+                self._part = "unnamed-data"
+                return
             try:
                 data_file = data_name(unquote(raw.decode("utf-8", "replace")))
             except ValueError as exc:
@@ -217,6 +223,9 @@ class _Receiver:
                 raise too_large(self.limit)
             self.hash.update(chunk)
             self.out.write(chunk)
+        elif self._part == "unnamed-data":
+            if chunk:
+                raise _bad("a 'data' part needs a filename: the location the model names it by", "data")
         elif self._part == "data":
             assert self.data is not None
             if self.data.bytes + len(chunk) + self.size > self.body_limit:
@@ -231,7 +240,7 @@ class _Receiver:
         if self._part == "data":
             assert self.data is not None
             self.data.end()
-        elif self._part and self._part != "file":
+        elif self._part and self._part not in ("file", "unnamed-data"):
             try:
                 self.fields[self._part] = self._field_buf.decode("utf-8")
             except UnicodeDecodeError:

@@ -320,3 +320,10 @@ def test_data_parts_over_the_body_limit_are_refused_as_they_stream(client, auth,
     r = client.post("/v1/models", headers=auth, files=[("file", graph), ("data", ("big.bin", bytes(2 << 20)))])
     assert r.status_code == 413 and r.json()["limit_bytes"] == 1 << 20
     assert_nothing_stored(db, settings)
+
+
+def test_an_empty_unnamed_data_part_is_an_unfilled_file_picker(client, auth, tmp_path) -> None:
+    """HTML forms send an empty file input as a part without a filename and without bytes: nothing to refuse."""
+    graph = ("m.onnx", onnx_models.mlp(tmp_path / "m.onnx").read_bytes())
+    r = client.post("/v1/models", headers=auth, files=[("file", graph), ("data", ("", b""))])
+    assert r.status_code == 201 and r.json()["bundle_format"] is None and r.json()["parts"] == [], r.text

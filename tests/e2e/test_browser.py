@@ -103,7 +103,8 @@ def test_swagger_ui_authorizes_and_uploads_a_model_offline(browser, server, tmp_
     upload = page.locator("#operations-models-upload_model_v1_models_post")
     upload.locator(".opblock-summary").click()
     upload.get_by_role("button", name="Try it out").click()
-    upload.locator('input[type="file"]').set_input_files(str(model))
+    upload.locator('input[type="file"]').first.set_input_files(str(model))  # then the data parts' pickers
+    upload.locator(".opblock-body").screenshot(path=str(SHOTS / "swagger-upload-form.png"))
     upload.get_by_role("button", name="Execute").click()
     page.wait_for_selector("#operations-models-upload_model_v1_models_post .live-responses-table tr.response")
     status = upload.locator(".live-responses-table tr.response .response-col_status").first.inner_text().strip()
