@@ -2,33 +2,49 @@
 # By default it carries the training extra (distillation, fine-tuning) with PyTorch's CPU build, taken from
 # PyTorch's CPU wheel index: PyPI's torch wheel for Linux is the CUDA build (several GB). Without it:
 #   docker build --build-arg WITH_TRAIN=false -t onnxsmith .
-FROM python:3.11-slim
+# Where PyTorch's index cannot be reached, put the CPU wheel in deploy/wheels/ and name it:
+#   docker build --build-arg TORCH_WHEEL=torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl -t onnxsmith .
+# Where python:3.11-slim cannot be pulled, deploy/base-image.sh makes a stand-in: --build-arg BASE_IMAGE=<its tag>.
+ARG BASE_IMAGE=python:3.11-slim
 
+# --- build: a virtual environment with the dependencies, then the project (the wheel and pip's work stay here) ---
+FROM ${BASE_IMAGE} AS build
 ARG WITH_TRAIN=true
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    ONNXSMITH_DATA_DIR=/data
-
-RUN groupadd --gid 10001 onnxsmith \
-    && useradd --uid 10001 --gid onnxsmith --create-home --shell /usr/sbin/nologin onnxsmith \
-    && mkdir -p /data && chown onnxsmith:onnxsmith /data
-
+ARG TORCH_WHEEL=
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
+COPY deploy/wheels/ /tmp/wheels/
+RUN if [ "$WITH_TRAIN" != "true" ]; then :; \
+    elif [ -n "$TORCH_WHEEL" ]; then pip install "/tmp/wheels/$TORCH_WHEEL"; \
+    else pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi
+# the dependencies in a layer of their own: a change of the code does not reinstall them
+COPY pyproject.toml deploy/requirements.py ./
+RUN python requirements.py pyproject.toml $([ "$WITH_TRAIN" = "true" ] && echo train) > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt && rm requirements.py
 # The project runs from its source tree (DESIGN.md): migrations and templates are read from here.
-COPY pyproject.toml README.md alembic.ini ./
+COPY README.md alembic.ini ./
 COPY engine ./engine
 COPY service ./service
 COPY workers ./workers
 COPY onnxsmith ./onnxsmith
 COPY alembic ./alembic
-RUN if [ "$WITH_TRAIN" = "true" ]; then \
-         pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0 && pip install -e ".[train]"; \
-       else \
-         pip install -e .; \
-       fi
+RUN pip install --no-deps -e . && python -c "import onnxsmith, engine, service, workers"
+
+# --- the image: the environment and the source tree, no build leftovers ---
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    ONNXSMITH_DATA_DIR=/data
+RUN groupadd --gid 10001 onnxsmith \
+    && useradd --uid 10001 --gid onnxsmith --create-home --shell /usr/sbin/nologin onnxsmith \
+    && mkdir -p /data && chown onnxsmith:onnxsmith /data
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+WORKDIR /app
 
 USER onnxsmith
 VOLUME ["/data"]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from engine.bundle import safe_name
+from engine.bundle import archive_kind, safe_name
 from engine.core.errors import EngineError
 
 
@@ -95,3 +95,16 @@ class _Counter:
     def write(self, chunk: bytes) -> int:
         self.tar.write(chunk)
         return len(chunk)
+
+
+def gather(data: DataTar, graph: Path, filename: str | None) -> Path:
+    """The `file` part (the .onnx file, removed here) added to the data parts' tar, closed; its path. ValueError
+    when the file part is an archive itself (it would carry its own data files)."""
+    try:
+        with open(graph, "rb") as f:
+            if archive_kind(f.read(512)) is not None:
+                raise ValueError("'data' parts go with an .onnx file, not with an archive (which holds its data files)")
+        name = filename if filename and filename.endswith(".onnx") else "model.onnx"
+        return data.finish(graph, name)
+    finally:
+        graph.unlink(missing_ok=True)

@@ -30,11 +30,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-from engine.bundle import archive_kind
 from service.deps import commit_after
 from service.errors import AppError
 from service.settings import Settings
-from service.upload_files import DataTar, data_name
+from service.upload_files import DataTar, data_name, gather
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and small fields on top of the file itself
 MAX_FIELD_BYTES = 4096
@@ -405,8 +404,12 @@ async def receive_upload(
             raise _bad("the multipart body ended early (incomplete upload)")
         if not receiver.file_seen:
             raise _bad("the multipart field 'file' is required")
-        if data is not None and data.names:
-            return await run_in_threadpool(_with_data_parts, receiver, data, path)
+        if data is not None and data.names:  # the upload is an archive from here on, checked as one
+            try:
+                tar = await run_in_threadpool(gather, data, path, receiver.filename)
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            return Upload(tar, "", tar.stat().st_size, receiver.filename, receiver.fields, from_parts=True)
         return Upload(path, receiver.hash.hexdigest(), receiver.size, receiver.filename, receiver.fields)
     except AppError:
         path.unlink(missing_ok=True)
@@ -424,19 +427,6 @@ async def receive_upload(
             data.close()
             if not data.finished:
                 data.path.unlink(missing_ok=True)
-
-
-def _with_data_parts(receiver: _Receiver, data: DataTar, graph: Path) -> Upload:
-    """The .onnx file added to the data parts' tar: from here on the upload is an archive (checked as one)."""
-    try:
-        with open(graph, "rb") as f:
-            if archive_kind(f.read(HEAD_BYTES)) is not None:
-                raise _bad("'data' parts go with an .onnx file, not with an archive (which holds its data files)")
-        filename = receiver.filename or "model.onnx"
-        tar = data.finish(graph, filename if filename.endswith(".onnx") else "model.onnx")
-    finally:
-        graph.unlink(missing_ok=True)
-    return Upload(tar, "", tar.stat().st_size, receiver.filename, receiver.fields, from_parts=True)
 
 
 async def create_from_request(

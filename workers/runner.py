@@ -9,10 +9,12 @@ its lease (or a cancelled job) is dropped instead of overwriting anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -81,8 +83,9 @@ class Heartbeat:
 
     MIN_GAP_S = 0.25
 
-    def __init__(self, ctx: Context, job_id: str, attempt: int) -> None:
+    def __init__(self, ctx: Context, job_id: str, attempt: int, owner: Path | None = None) -> None:
         self.ctx, self.job_id, self.attempt = ctx, job_id, attempt
+        self.owner, self._touched = owner, time.monotonic()  # the scratch folder's owner file, touched as it beats
         self.interval = min(1.0, ctx.settings.job_lease_s / 3)
         self.progress: float | None = None
         self.stage: str | None = None
@@ -137,6 +140,10 @@ class Heartbeat:
         if not alive and not self.saving:
             log.info("job %s: cancelled or taken over, stopping attempt %d", self.job_id, self.attempt)
             self.lost.set()
+        if self.owner is not None and time.monotonic() - self._touched > OWNER_TOUCH_S:
+            self._touched = time.monotonic()
+            with contextlib.suppress(OSError):
+                os.utime(self.owner)  # alive, for workers of other containers (collect_orphaned_scratch)
         return True
 
 
@@ -251,8 +258,9 @@ def _run_attempt(ctx: Context, job_id: str, attempt: int, kind_name: str) -> Non
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=s.tmp_dir, prefix=f"{job_id}-") as tmp_name:
         tmp = Path(tmp_name)
-        (tmp / OWNER_FILE).write_text(json.dumps(process_identity()))  # orphaned if this worker is killed
-        with Heartbeat(ctx, job_id, attempt) as heartbeat:
+        owner = tmp / OWNER_FILE  # orphaned if this worker is killed
+        owner.write_text(json.dumps({"namespace": pid_namespace(), "process": process_identity()}))
+        with Heartbeat(ctx, job_id, attempt, owner) as heartbeat:
             heartbeat({"progress": 0.0, "stage": "fetching inputs"})
             _run_engine_and_save(ctx, job_id, attempt, kind_name, tmp, heartbeat)
 
@@ -311,20 +319,39 @@ class _ResultDropped(Exception):
 
 OWNER_FILE = ".owner"
 UNOWNED_GRACE_S = 3600.0
+FOREIGN_GRACE_S = 600.0  # a folder of another container or machine: orphaned once its heartbeat stopped this long
+OWNER_TOUCH_S = 30.0
+
+
+def pid_namespace() -> str:
+    """Where a pid means this process: the machine (host name, boot id) and the pid namespace (a container's own).
+    Workers in several containers share one data volume; a pid of another namespace says nothing here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        boot, namespace = "", ""
+    return f"{socket.gethostname()}|{boot}|{namespace}"
 
 
 def collect_orphaned_scratch(tmp_dir: Path) -> list[str]:
     """Remove job scratch folders whose worker process is gone (killed before its clean-up ran); a folder without
     an owner file is removed once it is an hour old. Returns the names removed. Safe with several workers on one
-    machine: a live owner's folder is never touched."""
+    machine, and with workers in several containers sharing the volume: a live owner's folder is never touched;
+    the owner's pid is checked only in its own pid namespace, elsewhere its heartbeat (the owner file's mtime)."""
     removed = []
     for folder in sorted(tmp_dir.glob("job_*-*")) if tmp_dir.is_dir() else []:
         try:
             owner = json.loads((folder / OWNER_FILE).read_text())
-            orphaned = not is_alive(owner)
+            if isinstance(owner, list):  # written before the namespace was recorded
+                orphaned = not is_alive(owner)
+            elif owner["namespace"] == pid_namespace():
+                orphaned = not is_alive(owner["process"])
+            else:
+                orphaned = time.time() - (folder / OWNER_FILE).stat().st_mtime > FOREIGN_GRACE_S
         except FileNotFoundError:
             orphaned = time.time() - folder.stat().st_mtime > UNOWNED_GRACE_S
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, KeyError):
             continue
         if orphaned:
             shutil.rmtree(folder, ignore_errors=True)
