@@ -116,7 +116,15 @@ class Engine:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        for mount in _mounts_under(self.run_dir):  # dockerd leaves its network namespace file mounted
+            subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return sorted((p for p in points if p.startswith(f"{folder}/")), reverse=True)
 
 
 class Compose:
