@@ -318,6 +318,13 @@ def _crash_error(returncode: int, stderr: str, limits: Limits) -> EngineError:
     return EngineError(ErrorCode.CRASHED, f"processing ended its child process without a result (exit {returncode})")
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """An allocation that failed under the child's address-space limit, raised as another exception type than
+    MemoryError: protobuf's serializer (upb) says only that it failed (messages over 2 GB are refused earlier by the
+    onnx package with a ValueError); ONNX Runtime raises std::bad_alloc as its own exception."""
+    return (type(exc).__name__ == "EncodeError" and "Failed to serialize" in str(exc)) or "bad_alloc" in str(exc)
+
+
 def _memory_error(limit_mb: int) -> EngineError:
     return EngineError(ErrorCode.MEMORY_LIMIT, f"processing needed more than the {limit_mb} MB memory limit")
 
@@ -391,11 +398,15 @@ def _run_request(request: dict[str, Any]) -> None:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0] >> 20
         err = _memory_error(limit)
         out = {"ok": False, "error": {"code": err.code, "detail": err.detail}}
-    except Exception as exc:  # a bug of ours, not the user's: reported as internal, logged by the caller
-        import traceback
+    except Exception as exc:
+        if _out_of_memory(exc):
+            err = _memory_error(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)
+            out = {"ok": False, "error": {"code": err.code, "detail": err.detail}}
+        else:  # a bug of ours, not the user's: reported as internal, logged by the caller
+            import traceback
 
-        traceback.print_exc()
-        out = {"ok": False, "error": {"code": "internal", "detail": f"{type(exc).__name__}: {exc}"}}
+            traceback.print_exc()
+            out = {"ok": False, "error": {"code": "internal", "detail": f"{type(exc).__name__}: {exc}"}}
     out["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     Path(request["result_path"]).write_text(json.dumps(out))
 

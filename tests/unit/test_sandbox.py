@@ -85,3 +85,17 @@ def test_a_bug_in_the_child_is_internal_with_its_traceback_for_the_log(warm: boo
         run_isolated("tests.sandbox_targets:buggy", {}, Limits(), warm=warm)
     assert info.value.code == "internal" and "KeyError" in info.value.detail
     assert info.value.traceback and "Traceback" in info.value.traceback and "buggy" in info.value.traceback
+
+
+def test_allocation_failures_that_are_not_memory_errors_are_the_memory_limit() -> None:
+    """Under the child's address-space limit protobuf's serializer fails with a bare EncodeError and ONNX Runtime
+    with bad_alloc in its own exception: both are the memory limit, not an internal error (bench/whole_bundle.py
+    with ONNXSMITH_JOB_MEMORY_MB=3000 showed `internal: EncodeError` before)."""
+    from google.protobuf.message import EncodeError
+
+    from engine.sandbox import _out_of_memory
+
+    assert _out_of_memory(EncodeError("Failed to serialize proto"))
+    assert _out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : std::bad_alloc"))
+    assert not _out_of_memory(EncodeError("Message onnx.ModelProto is missing required fields"))
+    assert not _out_of_memory(ValueError("Failed to serialize: too large"))
