@@ -7,7 +7,7 @@
 # Where python:3.11-slim cannot be pulled, deploy/base-image.sh makes a stand-in: --build-arg BASE_IMAGE=<its tag>.
 ARG BASE_IMAGE=python:3.11-slim
 
-# --- build: a virtual environment with the dependencies, then the project (the wheel and pip's work stay here) ---
+# --- build: a virtual environment with the dependencies (the torch wheel and pip's work stay in this stage) ---
 FROM ${BASE_IMAGE} AS build
 ARG WITH_TRAIN=true
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -20,31 +20,33 @@ COPY deploy/wheels/ /tmp/wheels/
 RUN if [ "$WITH_TRAIN" != "true" ]; then :; \
     elif [ -n "$TORCH_WHEEL" ]; then pip install "/tmp/wheels/$TORCH_WHEEL"; \
     else pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi
-# the dependencies in a layer of their own: a change of the code does not reinstall them
+# the dependencies from pyproject.toml alone: a change of the code does not reinstall them
 COPY pyproject.toml deploy/requirements.py ./
 RUN python requirements.py pyproject.toml $([ "$WITH_TRAIN" = "true" ] && echo train) > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt && rm requirements.py
-# The project runs from its source tree (DESIGN.md): migrations and templates are read from here.
-COPY README.md alembic.ini ./
-COPY engine ./engine
-COPY service ./service
-COPY workers ./workers
-COPY onnxsmith ./onnxsmith
-COPY alembic ./alembic
-RUN pip install --no-deps -e . && python -c "import onnxsmith, engine, service, workers"
+    && pip install -r /tmp/requirements.txt "setuptools>=69"
 
-# --- the image: the environment and the source tree, no build leftovers ---
+# --- the image: the environment, then the source tree and the project installed into it (a code change rebuilds
+# only these last layers, not the copy of the environment) ---
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
     ONNXSMITH_DATA_DIR=/data
 RUN groupadd --gid 10001 onnxsmith \
     && useradd --uid 10001 --gid onnxsmith --create-home --shell /usr/sbin/nologin onnxsmith \
     && mkdir -p /data && chown onnxsmith:onnxsmith /data
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 WORKDIR /app
+# The project runs from its source tree (DESIGN.md): migrations and templates are read from here.
+COPY pyproject.toml README.md alembic.ini ./
+COPY engine ./engine
+COPY service ./service
+COPY workers ./workers
+COPY onnxsmith ./onnxsmith
+COPY alembic ./alembic
+RUN pip install --no-deps --no-build-isolation -e . && python -c "import onnxsmith, engine, service, workers"
 
 USER onnxsmith
 VOLUME ["/data"]
