@@ -64,9 +64,10 @@ def run_batched(
     outs = []
     for i, batch in enumerate(batches(feeds, batch_size)):
         try:
-            outs.append(as_array(session.run([output], batch)[0]))
+            value = session.run([output], batch)[0]
         except Exception as exc:
             raise EngineError(ErrorCode.RUNTIME_ERROR, f"the model failed on a batch: {str(exc)[:500]}") from None
+        outs.append(as_array(value))  # outside the try: its `unsupported` is not a runtime failure
         if progress is not None:
             progress(min(1.0, (i + 1) * batch_size / n))
     return np.concatenate(outs, axis=0)

@@ -59,3 +59,27 @@ def test_a_zipmap_with_string_classes_is_read_in_sorted_class_order(tmp_path) ->
     assert as_array([{"b": 0.25, "a": 0.75}]).tolist() == [[0.75, 0.25]]
     with pytest.raises(Exception, match="not of class probabilities"):
         as_array([np.zeros(2)])
+
+
+def test_an_output_that_is_not_an_array_is_unsupported_not_a_runtime_failure() -> None:
+    """run_batched: the model ran; what it returned cannot be read as an array (a sequence that is not of class
+    probabilities) is `unsupported`, while a failure of the run itself is `runtime_error`."""
+    from engine.core.errors import EngineError
+    from engine.runtime import run_batched
+
+    class Returns:  # an ONNX Runtime session's `run`, returning what the model gave
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+        def run(self, names, feeds):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return [self.value]
+
+    feeds = {"x": np.zeros((4, 2), np.float32)}
+    with pytest.raises(EngineError) as exc:
+        run_batched(Returns([np.zeros(2)] * 4), feeds, "y", 2)
+    assert exc.value.code == "unsupported"
+    with pytest.raises(EngineError) as exc:
+        run_batched(Returns(RuntimeError("shape mismatch")), feeds, "y", 2)
+    assert exc.value.code == "runtime_error" and "shape mismatch" in exc.value.detail
