@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.runtime import session_options
+from engine.sandbox import out_of_memory
 
 # Ops whose multiply-accumulates are counted: op type -> (index of the data input, index of the weight input).
 _MAC_OPS = {
@@ -305,7 +306,7 @@ def check_runtime(path: Path, threads: int = 1) -> None:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own pybind exception types
         text = _scrub(str(exc), path)
-        if "bad_alloc" in text:
+        if out_of_memory(exc):  # the sandbox child's memory limit, not an invalid model
             raise MemoryError(text) from None
         raise EngineError(ErrorCode.INVALID_MODEL, f"ONNX Runtime cannot load the model: {text}") from None
 

@@ -318,7 +318,7 @@ def _crash_error(returncode: int, stderr: str, limits: Limits) -> EngineError:
     return EngineError(ErrorCode.CRASHED, f"processing ended its child process without a result (exit {returncode})")
 
 
-def _out_of_memory(exc: Exception) -> bool:
+def out_of_memory(exc: Exception) -> bool:
     """An allocation that failed under the child's address-space limit, raised as another exception type than
     MemoryError: protobuf's serializer (upb) says only that it failed (messages over 2 GB are refused earlier by the
     onnx package with a ValueError); ONNX Runtime raises std::bad_alloc as its own exception."""
@@ -399,7 +399,7 @@ def _run_request(request: dict[str, Any]) -> None:
         err = _memory_error(limit)
         out = {"ok": False, "error": {"code": err.code, "detail": err.detail}}
     except Exception as exc:
-        if _out_of_memory(exc):
+        if out_of_memory(exc):
             err = _memory_error(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)
             out = {"ok": False, "error": {"code": err.code, "detail": err.detail}}
         else:  # a bug of ours, not the user's: reported as internal, logged by the caller

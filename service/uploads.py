@@ -423,7 +423,7 @@ async def receive_upload(
             raise _bad(f"malformed multipart body: {exc}") from None
         raise
     finally:
-        if data is not None:  # kept only as the upload's path (_with_data_parts)
+        if data is not None:  # kept only as the upload's path (gather)
             data.close()
             if not data.finished:
                 data.path.unlink(missing_ok=True)

@@ -339,13 +339,13 @@ def collect_orphaned_scratch(tmp_dir: Path) -> list[str]:
     an owner file is removed once it is an hour old. Returns the names removed. Safe with several workers on one
     machine, and with workers in several containers sharing the volume: a live owner's folder is never touched;
     the owner's pid is checked only in its own pid namespace, elsewhere its heartbeat (the owner file's mtime)."""
-    removed = []
+    removed, here = [], pid_namespace()
     for folder in sorted(tmp_dir.glob("job_*-*")) if tmp_dir.is_dir() else []:
         try:
             owner = json.loads((folder / OWNER_FILE).read_text())
             if isinstance(owner, list):  # written before the namespace was recorded
                 orphaned = not is_alive(owner)
-            elif owner["namespace"] == pid_namespace():
+            elif owner["namespace"] == here:
                 orphaned = not is_alive(owner["process"])
             else:
                 orphaned = time.time() - (folder / OWNER_FILE).stat().st_mtime > FOREIGN_GRACE_S

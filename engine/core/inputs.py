@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,16 @@ class JobInputs(BaseModel):
     def summaries(self) -> dict[str, DatasetSummary]:
         return {role: d.summary for role, d in self.datasets.items()}
 
-    def whole(self, folder: Path) -> JobInputs:
+    def whole(self, folder: Path, progress: Callable[[float, str], None]) -> JobInputs:
         """These inputs with every model that keeps external data (a bundle) rewritten as one .onnx file in
-        `folder`, for kinds that hold the whole model in memory (Kind.external_data False; submit refused the
+        `folder`, for runs that hold the whole model in memory (Kind.reads_external_data False; submit refused the
         bundles over protobuf's limit, engine.bundle.fits_whole)."""
         from engine.bundle import load_whole
 
         def one(path: str, info: ModelInfo, name: str) -> tuple[str, ModelInfo]:
             if not info.external_data_bytes:
                 return path, info
+            progress(0.02, "reading the external data into one model file")
             dst = load_whole(Path(path), folder / f"{name}.whole.onnx")
             return str(dst), info.model_copy(update={"external_data_bytes": 0})
 

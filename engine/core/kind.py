@@ -146,6 +146,11 @@ class Kind(ABC, Generic[P, R]):
     def threads(self, params: P) -> int:
         return 1
 
+    def reads_external_data(self, params: P) -> bool:
+        """Whether this run reads a bundle's data files where they lie; otherwise `execute` hands it the bundle
+        rewritten as one model file (a kind with `external_data` may still need that for some params)."""
+        return self.external_data
+
     def needs(self, params: P) -> set[str]:
         """Optional worker capabilities (engine.machine.capabilities) the job cannot run without, e.g. {"torch"}."""
         return set()
@@ -214,8 +219,8 @@ class Kind(ABC, Generic[P, R]):
         Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{self.name}-scratch-", dir=inputs.out_dir))
         try:
-            if not self.external_data:  # a bundle is handed over as one file (it fits: checked at submit)
-                inputs = inputs.whole(scratch)
+            if not self.reads_external_data(params):  # a bundle handed over as one file (it fits: checked at submit)
+                inputs = inputs.whole(scratch, progress)
             ctx = RunContext(inputs=inputs, progress=progress, scratch=scratch, kinds=kinds, machine=machine)
             outcome = self.run(ctx, params)
         finally:

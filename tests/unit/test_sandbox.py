@@ -93,9 +93,9 @@ def test_allocation_failures_that_are_not_memory_errors_are_the_memory_limit() -
     with ONNXSMITH_JOB_MEMORY_MB=3000 showed `internal: EncodeError` before)."""
     from google.protobuf.message import EncodeError
 
-    from engine.sandbox import _out_of_memory
+    from engine.sandbox import out_of_memory
 
-    assert _out_of_memory(EncodeError("Failed to serialize proto"))
-    assert _out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : std::bad_alloc"))
-    assert not _out_of_memory(EncodeError("Message onnx.ModelProto is missing required fields"))
-    assert not _out_of_memory(ValueError("Failed to serialize: too large"))
+    assert out_of_memory(EncodeError("Failed to serialize proto"))
+    assert out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : std::bad_alloc"))
+    assert not out_of_memory(EncodeError("Message onnx.ModelProto is missing required fields"))
+    assert not out_of_memory(ValueError("Failed to serialize: too large"))

@@ -69,7 +69,7 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
     Report = QuantizeReport
     roles = ("eval", "calibration", "train")
     queue = "measure"
-    external_data = True  # weight_only only (validate): streamed one tensor at a time
+    external_data = True  # weight_only (rtn) only: streamed one tensor at a time (reads_external_data)
 
     def charts(self, report: dict[str, Any]) -> dict[str, Any]:
         from engine.kinds.quantize.charts import charts
@@ -89,6 +89,9 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
 
     def with_budget(self, params: QuantizeParams, seconds: float) -> QuantizeParams:
         return params.model_copy(update={"max_seconds": seconds})
+
+    def reads_external_data(self, params: QuantizeParams) -> bool:
+        return _streamed(params)  # the other modes get a bundle as one file (Kind.execute)
 
     def validate(self, info: ModelInfo, summaries: dict[str, DatasetSummary], params: QuantizeParams) -> None:
         if is_quantized(info):
@@ -153,13 +156,9 @@ class Quantize(Kind[QuantizeParams, QuantizeReport]):
     def run(self, ctx: RunContext, params: QuantizeParams) -> Outcome[QuantizeReport]:
         info, progress = ctx.info, ctx.progress
         src, dst = Path(ctx.inputs.model_path), ctx.out_dir / "model.quant.onnx"
-        if info.external_data_bytes and _streamed(params):  # a bundle in, a bundle out: built in scratch, as a tar
+        if info.external_data_bytes:  # streamed (reads_external_data): a bundle out, built in scratch, as a tar
             dst = ctx.scratch / "quantized" / "model.onnx"
             dst.parent.mkdir()
-        elif info.external_data_bytes:  # read whole by ORT's quantizer: one file (it fits, validate checked)
-            progress(0.02, "reading the external data into one model file")
-            ctx.inputs = ctx.inputs.whole(ctx.scratch)
-            src = Path(ctx.inputs.model_path)
         forced = fixed_batch(info.inputs[0].shape) if info.inputs else None
         batch = forced or 16  # calibration batches
         reader, feeds = _calibration(ctx, params, batch)
