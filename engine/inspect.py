@@ -270,6 +270,8 @@ def load_untrusted(path: Path) -> ModelProto:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
+        if out_of_memory(exc):  # the parser's arena could not grow under the child's memory limit
+            raise MemoryError(_scrub(str(exc), path)) from None
         raise EngineError(
             ErrorCode.INVALID_MODEL,
             f"the file is not an ONNX model (protobuf parse failed: {_scrub(str(exc), path)}){_format_hint(path)}",

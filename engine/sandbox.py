@@ -321,8 +321,14 @@ def _crash_error(returncode: int, stderr: str, limits: Limits) -> EngineError:
 def out_of_memory(exc: Exception) -> bool:
     """An allocation that failed under the child's address-space limit, raised as another exception type than
     MemoryError: protobuf's serializer (upb) says only that it failed (messages over 2 GB are refused earlier by the
-    onnx package with a ValueError); ONNX Runtime raises std::bad_alloc as its own exception."""
-    return (type(exc).__name__ == "EncodeError" and "Failed to serialize" in str(exc)) or "bad_alloc" in str(exc)
+    onnx package with a ValueError) and its parser that its arena could not grow; ONNX Runtime raises std::bad_alloc
+    as its own exception."""
+    text = str(exc)
+    return (
+        (type(exc).__name__ == "EncodeError" and "Failed to serialize" in text)
+        or "Arena alloc failed" in text
+        or "bad_alloc" in text
+    )
 
 
 def _memory_error(limit_mb: int) -> EngineError:

@@ -91,11 +91,12 @@ def test_allocation_failures_that_are_not_memory_errors_are_the_memory_limit() -
     """Under the child's address-space limit protobuf's serializer fails with a bare EncodeError and ONNX Runtime
     with bad_alloc in its own exception: both are the memory limit, not an internal error (bench/whole_bundle.py
     with ONNXSMITH_JOB_MEMORY_MB=3000 showed `internal: EncodeError` before)."""
-    from google.protobuf.message import EncodeError
+    from google.protobuf.message import DecodeError, EncodeError
 
     from engine.sandbox import out_of_memory
 
     assert out_of_memory(EncodeError("Failed to serialize proto"))
     assert out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : std::bad_alloc"))
+    assert out_of_memory(DecodeError("Error parsing message with type 'onnx.ModelProto': Arena alloc failed"))
     assert not out_of_memory(EncodeError("Message onnx.ModelProto is missing required fields"))
     assert not out_of_memory(ValueError("Failed to serialize: too large"))
